@@ -1,0 +1,94 @@
+"""Reading images from disk into RGB, whatever their mode.
+
+Real datasets contain grayscale, palette, RGBA, CMYK and 16-bit files (ImageNet alone has CMYK JPEGs and grayscale
+images); every one of them becomes an 8-bit RGB ``PIL.Image`` here, so the transforms see one format.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "load_image", "to_rgb"]
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+class ImageLoadError(ValueError):
+    """An image file could not be read or decoded. ``path`` names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read image {self.path!r}: {reason}")
+
+
+def _high_depth_to_uint8(array: np.ndarray) -> np.ndarray:
+    """Map a 16/32-bit integer or float array to uint8 (16-bit range for integers, [0, 1] or [0, 255] for floats)."""
+    if np.issubdtype(array.dtype, np.floating):
+        array = np.nan_to_num(array.astype(np.float64))
+        if array.size and array.max() <= 1.0:
+            array = array * 255.0
+        return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+    array = array.astype(np.int64)
+    # 16-bit images (PNG "I;16" or "I") use the full 0..65535 range; 8-bit data stored in an "I" image stays as is.
+    if array.size and array.max() > 255:
+        array = array / 257.0
+    return np.clip(np.rint(array), 0, 255).astype(np.uint8)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any PIL image to 8-bit RGB.
+
+    Grayscale, binary and palette images are expanded, CMYK is converted, 16-bit and float images are rescaled to
+    8 bits, and images with transparency are composited onto black (so fully transparent pixels, whose colour is
+    arbitrary, do not leak into training).
+
+    Args:
+        image: An image in any mode PIL can decode.
+
+    Returns:
+        An ``RGB`` image of the same size.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        gray = _high_depth_to_uint8(np.asarray(image))
+        return Image.fromarray(gray, mode="L").convert("RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def load_image(path: str | os.PathLike) -> Image.Image:
+    """Open, fully decode and convert an image file to RGB.
+
+    Args:
+        path: Image file path.
+
+    Returns:
+        The decoded ``RGB`` image.
+
+    Raises:
+        ImageLoadError: The file is missing, truncated, corrupt, empty or not an image; the message names the file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.width == 0 or image.height == 0:
+                raise ImageLoadError(path, f"image has zero size {image.width}x{image.height}")
+            return to_rgb(image)
+    except ImageLoadError:
+        raise
+    except FileNotFoundError:
+        raise ImageLoadError(path, "file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageLoadError(path, f"{type(error).__name__}: {error}") from error

@@ -1,0 +1,296 @@
+"""Multi-crop augmentation that remembers where every crop came from.
+
+``MultiCrop`` turns one image into ``n_global`` large and ``n_local`` small views with the VICRegL recipe
+(random resized crop, horizontal flip, colour jitter, grayscale, Gaussian blur, solarization) and returns, next to
+the pixels, each crop's box in the original image, its flip flag and the original image size. ``densessl.coords``
+turns those into feature-cell grids.
+
+Reference: Bardes, Ponce, LeCun, "VICRegL: Self-Supervised Learning of Local Visual Features", NeurIPS 2022;
+facebookresearch/VICRegL ``transforms.py`` (``MultiCropTrainDataTransform``, ``get_color_distortion``).
+
+Differences from the reference transform:
+    * Normalization std is ImageNet's ``(0.229, 0.224, 0.225)``; the official code has ``0.228`` for red (a typo).
+      Set ``MultiCropConfig.std`` to reproduce it.
+    * Randomness comes from an explicit ``torch.Generator`` per call instead of the global RNGs, so a sample's views
+      depend only on (seed, epoch, index): data order and augmentations are reproducible across workers and resumes.
+    * Boxes and flips are always returned; whether a loss honours the flip is the loss's choice (the official default
+      ``--no-flip-grid 1`` ignores it, see ``densessl.objectives.vicregl``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image, ImageFilter, ImageOps
+from torch import Tensor
+from torchvision.transforms import InterpolationMode
+
+from densessl.coords import crop_to_box
+from densessl.data.images import to_rgb
+
+__all__ = ["MultiCropConfig", "CropViews", "MultiCrop", "sample_crop"]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class MultiCropConfig:
+    """Multi-crop recipe. Defaults are the official VICRegL ConvNeXt recipe (2 x 224 + 6 x 96).
+
+    Per crop-size group, even-indexed crops get ``blur_p[0]`` / ``solarize_p[0]`` and odd-indexed crops get
+    ``blur_p[1]`` / ``solarize_p[1]`` (the BYOL asymmetry the official code uses).
+    """
+
+    n_global: int = 2
+    global_size: int = 224
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    n_local: int = 6
+    local_size: int = 96
+    local_scale: tuple[float, float] = (0.08, 0.4)
+    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float] = (1.0, 0.1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    solarize_p: tuple[float, float] = (0.0, 0.2)
+    interpolation: str = "bicubic"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible value."""
+        if self.n_global < 1:
+            raise ValueError(f"n_global must be >= 1 (the losses pair every view with a global view), got {self.n_global}")
+        if self.n_local < 0:
+            raise ValueError(f"n_local must be >= 0, got {self.n_local}")
+        for name in ("global_size", "local_size"):
+            if getattr(self, name) < 8:
+                raise ValueError(f"{name} must be >= 8 pixels, got {getattr(self, name)}")
+        for name in ("global_scale", "local_scale"):
+            low, high = getattr(self, name)
+            if not 0 < low <= high <= 1:
+                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {getattr(self, name)}")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
+        probs = [self.flip_p, self.jitter_p, self.grayscale_p, *self.blur_p, *self.solarize_p]
+        if any(not 0.0 <= p <= 1.0 for p in probs):
+            raise ValueError(f"probabilities must be in [0, 1], got {probs}")
+        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
+            raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
+        if self.hue < 0 or self.hue > 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"std must be positive, got {self.std}")
+
+    @property
+    def sizes(self) -> list[int]:
+        """Crop size of every view, global views first."""
+        return [self.global_size] * self.n_global + [self.local_size] * self.n_local
+
+
+_INTERPOLATIONS = {
+    "bicubic": (InterpolationMode.BICUBIC, Image.Resampling.BICUBIC),
+    "bilinear": (InterpolationMode.BILINEAR, Image.Resampling.BILINEAR),
+    "nearest": (InterpolationMode.NEAREST, Image.Resampling.NEAREST),
+}
+
+
+@dataclass
+class CropViews:
+    """The views of one image.
+
+    Attributes:
+        crops: ``V`` tensors ``(3, S_v, S_v)``, normalized; global views first.
+        boxes: ``(V, 4)`` normalized ``(x1, y1, x2, y2)`` of each crop in the original image.
+        flipped: ``(V,)`` bool, whether each crop was mirrored horizontally after cropping.
+        image_size: ``(2,)`` original ``(W, H)`` in pixels.
+        n_global: Number of global views (the first ``n_global`` crops).
+    """
+
+    crops: list[Tensor]
+    boxes: Tensor
+    flipped: Tensor
+    image_size: Tensor
+    n_global: int = 2
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+def _uniform(generator: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * torch.rand((), generator=generator).item()
+
+
+def _bernoulli(generator: torch.Generator, p: float) -> bool:
+    if p <= 0.0:
+        return False
+    if p >= 1.0:
+        return True
+    return torch.rand((), generator=generator).item() < p
+
+
+def _randint(generator: torch.Generator, low: int, high: int) -> int:
+    """Integer in ``[low, high)``."""
+    return int(torch.randint(low, high, (), generator=generator).item())
+
+
+def sample_crop(
+    height: int,
+    width: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    generator: torch.Generator,
+) -> tuple[int, int, int, int]:
+    """Sample a random-resized-crop window, as torchvision's ``RandomResizedCrop.get_params`` does.
+
+    Ten tries at an area fraction in ``scale`` and a log-uniform aspect ratio in ``ratio``; then a centre crop at the
+    closest allowed ratio. Works for images smaller than the output size (the crop is upsampled afterwards).
+
+    Args:
+        height: Image height ``H``.
+        width: Image width ``W``.
+        scale: Range of the crop area as a fraction of ``H * W``.
+        ratio: Range of the crop aspect ratio ``w / h``.
+        generator: Source of randomness.
+
+    Returns:
+        ``(top, left, crop_height, crop_width)`` in pixels.
+    """
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target_area = area * _uniform(generator, scale[0], scale[1])
+        aspect = math.exp(_uniform(generator, log_ratio[0], log_ratio[1]))
+        crop_w = int(round(math.sqrt(target_area * aspect)))
+        crop_h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < crop_w <= width and 0 < crop_h <= height:
+            top = _randint(generator, 0, height - crop_h + 1)
+            left = _randint(generator, 0, width - crop_w + 1)
+            return top, left, crop_h, crop_w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        crop_w = width
+        crop_h = max(1, min(height, int(round(crop_w / min(ratio)))))
+    elif in_ratio > max(ratio):
+        crop_h = height
+        crop_w = max(1, min(width, int(round(crop_h * max(ratio)))))
+    else:
+        crop_w, crop_h = width, height
+    return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
+
+
+class MultiCrop:
+    """Image -> ``CropViews`` with the VICRegL multi-crop recipe and exact crop geometry.
+
+    Accepts a ``PIL.Image`` in any mode (converted to RGB) or a float tensor ``(C, H, W)`` in ``[0, 1]``; tensors skip
+    the blur and solarization (PIL-only operations) and are meant for geometry tests and already-decoded data.
+
+    Example:
+        >>> views = MultiCrop(MultiCropConfig(n_local=2))(image, torch.Generator().manual_seed(0))
+    """
+
+    def __init__(self, config: MultiCropConfig | None = None) -> None:
+        self.config = config or MultiCropConfig()
+        self.config.validate()
+        self._tv_interp, self._pil_interp = _INTERPOLATIONS[self.config.interpolation]
+
+    def __call__(self, image: Image.Image | Tensor, generator: torch.Generator | None = None) -> CropViews:
+        """Make all views of one image.
+
+        Args:
+            image: The original image.
+            generator: Source of randomness; a fresh unseeded one when ``None``.
+
+        Returns:
+            The views with their boxes, flips and the original size.
+        """
+        if generator is None:
+            generator = torch.Generator()
+            generator.seed()
+        if isinstance(image, Image.Image):
+            image = to_rgb(image)
+            width, height = image.size
+        elif isinstance(image, Tensor):
+            if image.dim() != 3 or not image.is_floating_point():
+                raise ValueError(f"tensor images must be float (C, H, W), got {image.dtype} {tuple(image.shape)}")
+            height, width = image.shape[-2:]
+        else:
+            raise TypeError(f"MultiCrop expects a PIL image or a tensor, got {type(image).__name__}")
+        if height < 1 or width < 1:
+            raise ValueError(f"image has zero size {width}x{height}")
+        cfg = self.config
+        crops, boxes, flips = [], [], []
+        groups = [(cfg.n_global, cfg.global_size, cfg.global_scale), (cfg.n_local, cfg.local_size, cfg.local_scale)]
+        for count, size, scale in groups:
+            for index in range(count):
+                top, left, crop_h, crop_w = sample_crop(height, width, scale, cfg.ratio, generator)
+                flip = _bernoulli(generator, cfg.flip_p)
+                crop = self._crop(image, top, left, crop_h, crop_w, size, flip)
+                crop = self._photometric(crop, index % 2, generator)
+                crops.append(self._to_tensor(crop))
+                boxes.append(crop_to_box(top, left, crop_h, crop_w, height, width))
+                flips.append(flip)
+        return CropViews(
+            crops=crops,
+            boxes=torch.stack(boxes),
+            flipped=torch.tensor(flips, dtype=torch.bool),
+            image_size=torch.tensor([width, height], dtype=torch.float32),
+            n_global=cfg.n_global,
+        )
+
+    def _crop(self, image: Image.Image | Tensor, top: int, left: int, crop_h: int, crop_w: int, size: int, flip: bool):
+        if isinstance(image, Image.Image):
+            # One PIL call crops and resamples, filtering over the whole source window (antialiased downscaling).
+            crop = image.resize((size, size), resample=self._pil_interp, box=(left, top, left + crop_w, top + crop_h))
+            return crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else crop
+        crop = TF.resized_crop(image, top, left, crop_h, crop_w, [size, size], self._tv_interp, antialias=True)
+        return TF.hflip(crop) if flip else crop
+
+    def _photometric(self, crop: Image.Image | Tensor, parity: int, generator: torch.Generator):
+        cfg = self.config
+        if _bernoulli(generator, cfg.jitter_p):
+            crop = self._color_jitter(crop, generator)
+        if _bernoulli(generator, cfg.grayscale_p):
+            crop = TF.rgb_to_grayscale(crop, num_output_channels=3)
+        if _bernoulli(generator, cfg.blur_p[parity]):
+            sigma = _uniform(generator, *cfg.blur_sigma)
+            if isinstance(crop, Image.Image):
+                crop = crop.filter(ImageFilter.GaussianBlur(radius=sigma))
+        if _bernoulli(generator, cfg.solarize_p[parity]) and isinstance(crop, Image.Image):
+            crop = ImageOps.solarize(crop, threshold=128)
+        return crop
+
+    def _color_jitter(self, crop: Image.Image | Tensor, generator: torch.Generator):
+        """torchvision ``ColorJitter`` semantics: the four adjustments in a random order, factors drawn uniformly."""
+        cfg = self.config
+        order = torch.randperm(4, generator=generator).tolist()
+        factors = [
+            _uniform(generator, max(0.0, 1 - cfg.brightness), 1 + cfg.brightness),
+            _uniform(generator, max(0.0, 1 - cfg.contrast), 1 + cfg.contrast),
+            _uniform(generator, max(0.0, 1 - cfg.saturation), 1 + cfg.saturation),
+            _uniform(generator, -cfg.hue, cfg.hue),
+        ]
+        for op in order:
+            if op == 0 and cfg.brightness > 0:
+                crop = TF.adjust_brightness(crop, factors[0])
+            elif op == 1 and cfg.contrast > 0:
+                crop = TF.adjust_contrast(crop, factors[1])
+            elif op == 2 and cfg.saturation > 0:
+                crop = TF.adjust_saturation(crop, factors[2])
+            elif op == 3 and cfg.hue > 0:
+                crop = TF.adjust_hue(crop, factors[3])
+        return crop
+
+    def _to_tensor(self, crop: Image.Image | Tensor) -> Tensor:
+        if isinstance(crop, Image.Image):
+            crop = TF.pil_to_tensor(crop).float().div_(255.0)
+        return TF.normalize(crop, self.config.mean, self.config.std)

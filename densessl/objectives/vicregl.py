@@ -1,0 +1,333 @@
+"""VICRegL: global VICReg + local VICReg between matched feature-map cells.
+
+Paper: Bardes, Ponce, LeCun, "VICRegL: Self-Supervised Learning of Local Visual Features", NeurIPS 2022.
+Reference code: facebookresearch/VICRegL ``main_vicregl.py`` at commit ``d14c226`` (``_vicreg_loss``,
+``_local_loss``, ``local_loss``, ``neirest_neighbores``), read for behaviour; this is densessl's own code.
+
+Total loss::
+
+    L = α · (inv_g + var_g + cov_g) + (1 - α) · (inv_l + var_l + cov_l),   α = 0.75
+
+The global term is ``VICRegLoss`` on the projected pooled vectors (see ``vicreg.py``). The local term loops over
+the pairs ``(i, j)`` with ``i`` a global view and ``j`` any other view (2(V-1) pairs for 2 global views: local views
+are never paired with each other, and the global pair runs in both orientations) and averages over pairs. For one
+pair with projected maps ``Z_i (B, N_i, D)``, ``Z_j (B, N_j, D)`` it adds two matchings, each the mean of its two
+directions:
+
+* learned (feature) matching: distances ``‖Z_i[p] - Z_j[q]‖``; each cell of the source view takes its nearest
+  cell of the other view; by default (``l2_all_matches``) every source cell is kept;
+* geometric (location) matching: distances between cell centres in original-image **pixels**; the ``k`` source
+  cells closest to their nearest neighbour are kept (``num_matches``).
+
+For a direction with ``k`` kept pairs, ``X, Y (B, k, D)``::
+
+    inv = λ · MSE(X, Y)
+    X, Y = gather_center(X), gather_center(Y)            # over the global batch, per slot
+    var = μ · (var(X) / 2 + var(Y) / 2)                  # per slot and channel, averaged
+    cov = ν · (mean_s cov(X_s) / 2 + mean_s cov(Y_s) / 2) # one D x D covariance per slot s
+
+Presets (``VICRegLConfig.preset``):
+    ``official`` reproduces the released defaults, quirks included: the location grids ignore horizontal flips
+    (``--no-flip-grid 1``: flipped views get mirrored "matches"), and ``num_matches = (k0, k1)`` is applied by
+    direction (``k0`` for global→other, ``k1`` for other→global) even when both views are global.
+    ``corrected`` (default for new work) uses the true flipped geometry and applies ``k`` by the size of the view
+    whose cells are being filtered: ``k0`` for a global source view, ``k1`` for a local one (the paper's "20 for
+    large views, 4 for small views").
+
+Differences from the reference (both presets):
+    * Kept cells come back in raster order (as the reference) and ties in distance are broken by cell index with a
+      stable sort (the reference's ``torch.sort`` is not stable, so its tie-breaking is unspecified). Set
+      ``selection_order="distance"`` for lightly's sorted order.
+    * ``k`` larger than the number of source cells is capped to that number (the reference raises).
+    * The backbone runs once per crop resolution (BatchNorm statistics over all views of that resolution); the
+      reference runs it once per view. Projectors still run once per view, as in the reference.
+    * Grids are derived from the actual feature-map size (``h x w``) instead of the hard-coded 7 and 3.
+    * Covariances use the Gram-matrix form when ``N < D`` (same value, see ``vicreg.py``); ``fast_vc_reg`` (broken as
+      released) and the online linear probe (needs labels) are not part of the loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor, nn
+
+from densessl.backbones import DenseBackbone, DenseFeatures
+from densessl.coords import cell_centers, pairwise_distances, to_pixels
+from densessl.data.collate import Views
+from densessl.heads import MLP, LocalProjector
+from densessl.objectives.vicreg import (
+    VICRegLoss,
+    covariance_loss,
+    embedding_metrics,
+    gather_center,
+    invariance_loss,
+    resolve_norm,
+    variance_loss,
+)
+
+__all__ = ["match_indices", "select_matches", "VICRegLLocalLoss", "VICRegLConfig", "VICRegL"]
+
+SelectionOrder = Literal["raster", "distance"]
+
+
+def match_indices(distances: Tensor, k: int | None, order: SelectionOrder = "raster") -> tuple[Tensor, Tensor]:
+    """Nearest-neighbour matching with top-k filtering (the reference ``neirest_neighbores``).
+
+    Every source cell ``p`` takes its nearest target cell ``nn(p) = argmin_q distances[p, q]``; the ``k`` source cells
+    with the smallest ``min_q distances[p, q]`` are kept.
+
+    Args:
+        distances: ``(B, N_src, N_tgt)``.
+        k: Cells to keep; ``None`` (or ``-1``) keeps all ``N_src``; capped at ``N_src``.
+        order: ``"raster"`` returns kept cells in increasing index order (reference); ``"distance"`` closest first.
+
+    Returns:
+        ``(src_index, tgt_index)``, each ``(B, k)`` int64: matched pairs ``(src_index[b, s], tgt_index[b, s])``.
+    """
+    if distances.dim() != 3:
+        raise ValueError(f"distances must be (B, N_src, N_tgt), got shape {tuple(distances.shape)}")
+    if order not in ("raster", "distance"):
+        raise ValueError(f"order must be 'raster' or 'distance', got {order!r}")
+    batch, num_src, _ = distances.shape
+    best, nearest = distances.min(dim=2)  # (B, N_src)
+    if k is None or k == -1 or k >= num_src:
+        if order == "raster":
+            src = torch.arange(num_src, device=distances.device).expand(batch, -1)
+        else:
+            src = torch.argsort(best, dim=1, stable=True)
+    else:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, None or -1, got {k}")
+        src = torch.argsort(best, dim=1, stable=True)[:, :k]
+        if order == "raster":
+            src = src.sort(dim=1).values
+    return src, nearest.gather(1, src)
+
+
+def select_matches(z_src: Tensor, z_tgt: Tensor, src_index: Tensor, tgt_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Gather matched embeddings. ``z_*``: ``(B, N, D)``; indices ``(B, k)``. Returns two ``(B, k, D)`` tensors."""
+    dim = z_src.shape[-1]
+    x = z_src.gather(1, src_index[..., None].expand(-1, -1, dim))
+    y = z_tgt.gather(1, tgt_index[..., None].expand(-1, -1, dim))
+    return x, y
+
+
+class VICRegLLocalLoss(nn.Module):
+    """The local VICRegL criterion over all (global, other) view pairs.
+
+    Args:
+        inv_coeff: λ. var_coeff: μ. cov_coeff: ν. eps: variance epsilon.
+        num_matches: ``(k0, k1)`` for the location matching (and the feature matching when ``l2_all_matches`` is
+            off); how they are assigned depends on ``topk_by_view_size`` (see the module docstring).
+        l2_all_matches: Keep every cell in the feature matching (the reference default).
+        topk_by_view_size: ``True`` (corrected): k by the source view's size; ``False`` (official): by direction.
+        order: Order of kept cells (``"raster"`` as the reference).
+        gather: Gather over ranks for variance/covariance.
+    """
+
+    def __init__(
+        self,
+        inv_coeff: float = 25.0,
+        var_coeff: float = 25.0,
+        cov_coeff: float = 1.0,
+        eps: float = 1e-4,
+        num_matches: tuple[int, int] = (20, 4),
+        l2_all_matches: bool = True,
+        topk_by_view_size: bool = True,
+        order: SelectionOrder = "raster",
+        gather: bool = True,
+    ) -> None:
+        super().__init__()
+        self.inv_coeff, self.var_coeff, self.cov_coeff, self.eps = inv_coeff, var_coeff, cov_coeff, eps
+        self.num_matches = tuple(num_matches)
+        self.l2_all_matches = l2_all_matches
+        self.topk_by_view_size = topk_by_view_size
+        self.order = order
+        self.gather = gather
+
+    def _vicreg(self, x: Tensor, y: Tensor) -> Tensor:
+        """``(3,)`` tensor of weighted (inv, var, cov) for matched ``x, y (B, k, D)``, statistics per slot."""
+        inv = invariance_loss(x, y)
+        x, y = gather_center(x, self.gather), gather_center(y, self.gather)
+        var = variance_loss(x, self.eps) / 2 + variance_loss(y, self.eps) / 2
+        cov = covariance_loss(x) / 2 + covariance_loss(y) / 2
+        return torch.stack([self.inv_coeff * inv, self.var_coeff * var, self.cov_coeff * cov])
+
+    def _direction(self, z_src: Tensor, z_tgt: Tensor, distances: Tensor, k: int | None) -> Tensor:
+        src, tgt = match_indices(distances, k, self.order)
+        return self._vicreg(*select_matches(z_src, z_tgt, src, tgt))
+
+    def _ks(self, a_global: bool, b_global: bool) -> tuple[int, int]:
+        """k for the directions (a -> b, b -> a), where a is the pair's global view."""
+        if not self.topk_by_view_size:
+            return self.num_matches[0], self.num_matches[1]
+        k_large, k_small = self.num_matches
+        return (k_large if a_global else k_small), (k_large if b_global else k_small)
+
+    def pair_terms(
+        self, z_a: Tensor, z_b: Tensor, grid_a: Tensor, grid_b: Tensor, a_global: bool, b_global: bool
+    ) -> Tensor:
+        """Weighted (inv, var, cov) of one view pair, feature + location matching, each averaged over directions.
+
+        Args:
+            z_a: ``(B, N_a, D)`` projected maps of view a. z_b: ``(B, N_b, D)`` of view b.
+            grid_a: ``(B, N_a, 2)`` cell centres of view a in original-image pixels. grid_b: same for view b.
+            a_global: Whether view a is a global view. b_global: same for view b.
+
+        Returns:
+            ``(3,)`` tensor.
+        """
+        k_ab, k_ba = self._ks(a_global, b_global)
+        with torch.no_grad():
+            feature_dist = torch.cdist(z_a.detach().float(), z_b.detach().float())  # (B, N_a, N_b)
+            location_dist = pairwise_distances(grid_a, grid_b)
+        feature_ks = (None, None) if self.l2_all_matches else (k_ab, k_ba)
+        feature = self._direction(z_a, z_b, feature_dist, feature_ks[0]) / 2
+        feature = feature + self._direction(z_b, z_a, feature_dist.transpose(1, 2), feature_ks[1]) / 2
+        location = self._direction(z_a, z_b, location_dist, k_ab) / 2
+        location = location + self._direction(z_b, z_a, location_dist.transpose(1, 2), k_ba) / 2
+        return feature + location
+
+    def forward(self, embeddings: list[Tensor], grids: list[Tensor], n_global: int) -> dict[str, Tensor]:
+        """Local loss over all (global, other) pairs.
+
+        Args:
+            embeddings: ``V`` projected maps ``(B, N_v, D)``, global views first.
+            grids: ``V`` cell-centre grids ``(B, N_v, 2)`` in original-image pixels, matching ``embeddings``.
+            n_global: Number of global views.
+
+        Returns:
+            ``{"loss", "inv", "var", "cov"}`` (weighted, averaged over pairs).
+        """
+        if len(embeddings) != len(grids) or len(embeddings) < 2:
+            raise ValueError(f"need >= 2 views and one grid per view; got {len(embeddings)} and {len(grids)}")
+        for v, (z, g) in enumerate(zip(embeddings, grids)):
+            if z.dim() != 3 or g.shape != (*z.shape[:2], 2):
+                raise ValueError(f"view {v}: embeddings (B, N, D) {tuple(z.shape)} vs grid (B, N, 2) {tuple(g.shape)}")
+        pairs = [(i, j) for i in range(n_global) for j in range(len(embeddings)) if j != i]
+        terms = torch.stack(
+            [
+                self.pair_terms(embeddings[i], embeddings[j], grids[i], grids[j], True, j < n_global)
+                for i, j in pairs
+            ]
+        ).mean(dim=0)
+        inv, var, cov = terms.unbind()
+        return {"loss": inv + var + cov, "inv": inv, "var": var, "cov": cov}
+
+
+@dataclass
+class VICRegLConfig:
+    """VICRegL settings; defaults are the official ones (``main_vicregl.py`` CLI) with the ``corrected`` preset."""
+
+    alpha: float = 0.75
+    inv_coeff: float = 25.0
+    var_coeff: float = 25.0
+    cov_coeff: float = 1.0
+    eps: float = 1e-4
+    projector: str = "8192-8192-8192"
+    local_projector: str = "512-512-512"
+    norm: str = "auto"
+    num_matches: tuple[int, int] = (20, 4)
+    l2_all_matches: bool = True
+    preset: str = "corrected"
+    selection_order: str = "raster"
+    gather: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for impossible values."""
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
+        if min(self.inv_coeff, self.var_coeff, self.cov_coeff) < 0:
+            raise ValueError("coefficients must be >= 0")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if len(self.num_matches) != 2 or min(self.num_matches) < 1:
+            raise ValueError(f"num_matches must be two positive ints, got {self.num_matches}")
+        if self.preset not in ("official", "corrected"):
+            raise ValueError(f"preset must be 'official' or 'corrected', got {self.preset!r}")
+        if self.selection_order not in ("raster", "distance"):
+            raise ValueError(f"selection_order must be 'raster' or 'distance', got {self.selection_order!r}")
+        if self.norm not in ("auto", "bn", "ln", "none"):
+            raise ValueError(f"norm must be auto, bn, ln or none, got {self.norm!r}")
+
+
+class VICRegL(nn.Module):
+    """VICRegL method: global expander + local projector + both criteria.
+
+    Args:
+        map_channels: Channels of the dense map used for the local loss (the last level of ``DenseFeatures.maps``).
+        pooled_dim: Width of ``DenseFeatures.pooled``.
+        config: Method settings.
+        arch: Backbone name, to pick BatchNorm (ResNets) or LayerNorm in the heads when ``config.norm == "auto"``.
+    """
+
+    uses_teacher = False
+
+    def __init__(self, map_channels: int, pooled_dim: int, config: VICRegLConfig | None = None, arch: str = "") -> None:
+        super().__init__()
+        self.config = cfg = config or VICRegLConfig()
+        cfg.validate()
+        norm = resolve_norm(cfg.norm, arch)
+        # As the reference, each projector exists only if its term has a non-zero weight.
+        self.projector = MLP(pooled_dim, cfg.projector, norm) if cfg.alpha > 0 else None
+        self.local_projector = LocalProjector(map_channels, cfg.local_projector, norm) if cfg.alpha < 1 else None
+        self.global_criterion = VICRegLoss(cfg.inv_coeff, cfg.var_coeff, cfg.cov_coeff, cfg.eps, cfg.gather)
+        self.local_criterion = VICRegLLocalLoss(
+            cfg.inv_coeff,
+            cfg.var_coeff,
+            cfg.cov_coeff,
+            cfg.eps,
+            num_matches=tuple(cfg.num_matches),
+            l2_all_matches=cfg.l2_all_matches,
+            topk_by_view_size=cfg.preset == "corrected",
+            order=cfg.selection_order,  # type: ignore[arg-type]
+            gather=cfg.gather,
+        )
+
+    @classmethod
+    def from_backbone(cls, backbone: DenseBackbone, config: VICRegLConfig | None = None) -> "VICRegL":
+        """Build heads sized for ``backbone`` (local loss on its last requested level)."""
+        return cls(backbone.channels[-1], backbone.num_features, config, backbone.arch)
+
+    def grids(self, views: Views, h: int, w: int, view: int) -> Tensor:
+        """Pixel cell centres ``(B, h*w, 2)`` of one view; flips honoured only in the ``corrected`` preset."""
+        flipped = views.flipped[:, view]
+        if self.config.preset == "official":
+            flipped = torch.zeros_like(flipped)
+        grid = to_pixels(cell_centers(views.boxes[:, view], flipped, h, w), views.image_size)
+        return grid.flatten(1, 2)
+
+    def forward(self, features: list[DenseFeatures], views: Views) -> dict[str, Tensor]:
+        """Loss for one batch.
+
+        Args:
+            features: One ``DenseFeatures`` per view (``encode_views``).
+            views: The batch the features came from (boxes, flips, image sizes).
+
+        Returns:
+            ``{"loss", ...}``: ``inv_global, var_global, cov_global, inv_local, var_local, cov_local`` (weighted terms
+            before α), plus no-grad monitors ``std_rep``/``std_emb``.
+        """
+        if len(features) != views.num_views:
+            raise ValueError(f"got features for {len(features)} views, the batch has {views.num_views}")
+        alpha = self.config.alpha
+        out: dict[str, Tensor] = {}
+        loss = torch.zeros((), device=features[0].pooled.device)
+        if self.projector is not None:
+            embeddings = [self.projector(f.pooled) for f in features]
+            terms = self.global_criterion(embeddings, views.n_global)
+            loss = loss + alpha * terms["loss"]
+            out.update({f"{k}_global": v for k, v in terms.items() if k != "loss"})
+            out.update(embedding_metrics(features[0].pooled, embeddings[0]))
+        if self.local_projector is not None:
+            maps = [f.maps[-1] for f in features]
+            local = [self.local_projector(m) for m in maps]
+            grids = [self.grids(views, m.shape[-2], m.shape[-1], v) for v, m in enumerate(maps)]
+            terms = self.local_criterion(local, grids, views.n_global)
+            loss = loss + (1 - alpha) * terms["loss"]
+            out.update({f"{k}_local": v for k, v in terms.items() if k != "loss"})
+        out["loss"] = loss
+        return out

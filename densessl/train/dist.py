@@ -1,0 +1,81 @@
+"""Distributed helpers: torchrun environment, rank queries and an all-gather that carries gradients.
+
+Every function degrades to the single-process identity when ``torch.distributed`` is not initialized, so library code
+calls them unconditionally.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_with_grad", "all_reduce_mean"]
+
+
+def is_distributed() -> bool:
+    """Whether a default process group is initialized with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def get_rank() -> int:
+    """Rank of this process (0 when not distributed)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def get_world_size() -> int:
+    """Number of processes (1 when not distributed)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Whether this is rank 0."""
+    return get_rank() == 0
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather along dim 0 whose backward sums every rank's gradient for the local slice.
+
+    Each rank computes the same gathered statistic, so the gradient of the summed per-rank losses with respect to
+    this rank's input is the all-reduced gradient's slice for this rank. Uses only ``all_gather`` and
+    ``all_reduce``, which every backend (gloo included) supports.
+    """
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
+        tensor = tensor.contiguous()
+        ctx.batch = tensor.shape[0]
+        chunks = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+        dist.all_gather(chunks, tensor)
+        return torch.cat(chunks, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = dist.get_rank() * ctx.batch
+        return grad[start : start + ctx.batch]
+
+
+def all_gather_with_grad(tensor: Tensor) -> Tensor:
+    """Concatenate ``tensor`` from all ranks along dim 0, differentiably.
+
+    Args:
+        tensor: ``(B, ...)``, the same shape on every rank.
+
+    Returns:
+        ``(world_size * B, ...)`` in rank order; ``tensor`` itself when not distributed.
+    """
+    if not is_distributed():
+        return tensor
+    return _GatherWithGrad.apply(tensor)
+
+
+@torch.no_grad()
+def all_reduce_mean(tensor: Tensor) -> Tensor:
+    """Mean of ``tensor`` over ranks (a copy; no gradient). Identity when not distributed."""
+    if not is_distributed():
+        return tensor.detach().clone()
+    out = tensor.detach().clone()
+    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    return out / get_world_size()

@@ -1,0 +1,74 @@
+"""DenseBackbone over timm: maps per level, strides, ViT prefix tokens removed, dynamic sizes, local weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+
+from densessl.backbones import DenseBackbone, encode_views
+from densessl.data.collate import collate_views
+from densessl.data.transforms import MultiCrop, MultiCropConfig
+
+
+@pytest.mark.parametrize("arch,channels,strides", [
+    ("resnet18", [256, 512], [16, 32]),
+    ("convnext_atto", [160, 320], [16, 32]),
+    ("vit_tiny_patch16_224", [192, 192], [16, 16]),
+])
+def test_maps_channels_and_strides(arch: str, channels: list[int], strides: list[int]) -> None:
+    backbone = DenseBackbone(arch, levels=(-2, -1))
+    assert backbone.channels == channels and backbone.strides == strides
+    for size in (64, 96):
+        feats = backbone(torch.randn(2, 3, size, size))
+        assert [tuple(m.shape) for m in feats.maps] == [(2, c, size // s, size // s) for c, s in zip(channels, strides)]
+        assert feats.pooled.shape == (2, backbone.num_features)
+
+
+def test_vit_maps_are_patch_tokens_without_prefix_tokens() -> None:
+    backbone = DenseBackbone("vit_tiny_patch16_224", model_kwargs={"reg_tokens": 2})
+    x = torch.randn(1, 3, 48, 64)
+    tokens = backbone.model.forward_features(x)  # (1, 1 cls + 2 reg + 12 patches, C), final norm applied
+    feats = backbone(x)
+    assert tokens.shape[1] == 15 and feats.maps[0].shape == (1, 192, 3, 4)
+    torch.testing.assert_close(feats.maps[0].flatten(2).transpose(1, 2), tokens[:, 3:])
+
+
+def test_weights_round_trip_and_timm_compatibility(tmp_path: Path) -> None:
+    source = timm.create_model("resnet18", pretrained=False)  # with its classifier: those keys are skipped
+    torch.save(source.state_dict(), tmp_path / "r18.pt")
+    backbone = DenseBackbone("resnet18", weights=tmp_path / "r18.pt")
+    torch.testing.assert_close(backbone.model.conv1.weight, source.conv1.weight)
+    torch.save({"state_dict": backbone.model.state_dict()}, tmp_path / "wrapped.pt")
+    DenseBackbone("resnet18", weights=tmp_path / "wrapped.pt")
+
+
+def test_bad_weights_and_arch_raise(tmp_path: Path) -> None:
+    torch.save(timm.create_model("resnet34", pretrained=False).state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(ValueError, match="does not fit"):
+        DenseBackbone("resnet18", weights=tmp_path / "r34.pt")
+    with pytest.raises(FileNotFoundError, match="not found"):
+        DenseBackbone("resnet18", weights=tmp_path / "nope.pt")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="cannot load"):
+        DenseBackbone("resnet18", weights=tmp_path / "junk.pt")
+    with pytest.raises(ValueError, match="unknown timm architecture"):
+        DenseBackbone("resnet_does_not_exist")
+    with pytest.raises(ValueError, match="out of range"):
+        DenseBackbone("resnet18", levels=(7,))
+    with pytest.raises(ValueError, match="images must be"):
+        DenseBackbone("resnet18")(torch.randn(3, 32, 32))
+
+
+def test_encode_views_matches_per_view_forward() -> None:
+    backbone = DenseBackbone("resnet18").eval()
+    multicrop = MultiCrop(MultiCropConfig(global_size=64, local_size=32, n_local=2))
+    views = collate_views([multicrop(torch.rand(3, 70, 70), torch.Generator().manual_seed(s)) for s in range(2)])
+    with torch.no_grad():
+        per_view = encode_views(backbone, views)
+        for v in range(views.num_views):
+            direct = backbone(views.view(v))
+            torch.testing.assert_close(per_view[v].maps[0], direct.maps[0], rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(per_view[v].pooled, direct.pooled, rtol=1e-4, atol=1e-5)
