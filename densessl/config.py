@@ -1,0 +1,157 @@
+"""The pretraining config schema: nested dataclasses holding every default.
+
+An experiment YAML lists only what it changes; the command line overrides single values as ``key.sub=value``
+(``tools/train.py CONFIG optim.base_lr=0.3 data.batch_size=512``). Loading, type checking and "did you mean"
+errors live in ``densessl.config_io``; this module only declares the schema and its value checks.
+
+Batch sizes are **global** (summed over processes and accumulation steps), as in the official VICRegL code, so a
+recipe means the same thing on 1 GPU or 32: each process sees ``batch_size / (world_size * accumulate)`` images
+per forward pass. The peak learning rate is ``base_lr * batch_size / 256``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from densessl.config_io import load_config as _load
+from densessl.data.transforms import MultiCropConfig
+from densessl.objectives.vicreg import VICRegConfig
+from densessl.objectives.vicregl import VICRegLConfig
+
+__all__ = ["ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "Config", "load_config", "METHODS"]
+
+METHODS = ("vicregl", "vicreg")
+
+
+@dataclass
+class ModelConfig:
+    """Backbone: any timm model with ``forward_intermediates``."""
+
+    arch: str = "resnet18"
+    levels: list[int] = field(default_factory=lambda: [-1])
+    weights: str | None = None
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if not self.arch:
+            raise ValueError("arch: must name a timm model, e.g. resnet50")
+        if not self.levels:
+            raise ValueError("levels: at least one feature level is needed")
+
+
+@dataclass
+class DataConfig:
+    """Training data: the embedded ``synthetic`` scenes or an image ``folder`` (recursive, ImageNet layout works)."""
+
+    source: str = "synthetic"
+    root: str | None = None
+    synthetic_images: int = 2000
+    synthetic_size: int = 128
+    batch_size: int = 64
+    num_workers: int = 2
+    strict: bool = False
+    multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
+
+    def validate(self) -> None:
+        if self.source not in ("synthetic", "folder"):
+            raise ValueError(f"source: must be 'synthetic' or 'folder', got {self.source!r}")
+        if self.source == "folder" and not self.root:
+            raise ValueError("root: data.source=folder needs data.root=/path/to/images")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size: must be >= 2 (variance needs two samples), got {self.batch_size}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if self.synthetic_images < 1 or self.synthetic_size < 32:
+            raise ValueError("synthetic_images must be >= 1 and synthetic_size >= 32")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer and per-iteration schedule (linear warm-up, then cosine to ``end_lr_ratio`` of the peak)."""
+
+    name: str = "lars"
+    base_lr: float = 0.2
+    weight_decay: float = 1e-6
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    lars_eta: float = 1e-3
+    warmup_epochs: float = 10.0
+    end_lr_ratio: float = 1e-3
+    clip_grad: float | None = None
+    accumulate: int = 1
+
+    def validate(self) -> None:
+        if self.name not in ("lars", "adamw", "sgd"):
+            raise ValueError(f"name: must be lars, adamw or sgd, got {self.name!r}")
+        if self.base_lr <= 0:
+            raise ValueError(f"base_lr: must be > 0, got {self.base_lr}")
+        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.end_lr_ratio <= 1:
+            raise ValueError("weight_decay and warmup_epochs must be >= 0 and end_lr_ratio in [0, 1]")
+        if self.accumulate < 1:
+            raise ValueError(f"accumulate: must be >= 1, got {self.accumulate}")
+        if self.clip_grad is not None and self.clip_grad <= 0:
+            raise ValueError(f"clip_grad: must be > 0 or null, got {self.clip_grad}")
+
+
+@dataclass
+class TrainConfig:
+    """Loop, precision, logging and checkpoint settings."""
+
+    epochs: int = 100
+    max_iters: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    channels_last: bool = False
+    sync_bn: bool = True
+    log_every: int = 10
+    checkpoint_every_epochs: int = 1
+    checkpoint_every_iters: int | None = None
+    keep_every_epochs: int | None = None
+    tensorboard: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
+        if self.max_iters is not None and self.max_iters < 1:
+            raise ValueError(f"max_iters: must be >= 1 or null, got {self.max_iters}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: must be auto, fp32, bf16 or fp16, got {self.precision!r}")
+        if self.log_every < 1 or self.checkpoint_every_epochs < 1:
+            raise ValueError("log_every and checkpoint_every_epochs must be >= 1")
+        if self.checkpoint_every_iters is not None and self.checkpoint_every_iters < 1:
+            raise ValueError("checkpoint_every_iters: must be >= 1 or null")
+
+
+@dataclass
+class Config:
+    """A full pretraining run. ``method`` picks which objective section is used."""
+
+    method: str = "vicregl"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    vicregl: VICRegLConfig = field(default_factory=VICRegLConfig)
+    vicreg: VICRegConfig = field(default_factory=VICRegConfig)
+
+    def validate(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: must be one of {list(METHODS)}, got {self.method!r}")
+
+    @property
+    def objective(self) -> Any:
+        """The config section of the chosen method."""
+        return getattr(self, self.method)
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Defaults <- YAML file (with optional ``_base_``) <- ``key.sub=value`` overrides, validated.
+
+    Raises:
+        densessl.config_io.ConfigError: naming the offending dotted key.
+    """
+    return _load(Config, path, overrides)

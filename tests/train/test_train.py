@@ -1,0 +1,151 @@
+"""tools/train.py end to end: short runs, exact resume after SIGKILL, signals, NaN stop, torchrun, export."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+from densessl.config import load_config
+from densessl.train.checkpoint import load_checkpoint
+from densessl.train.loop import KILL_ENV, NonFiniteLossError, train
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "pretrain" / "_tiny_test.yaml"
+TRAIN = ROOT / "tools" / "train.py"
+
+
+def _run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_224"])
+def test_three_iterations_and_export_loads_into_timm(tmp_path: Path, arch: str) -> None:
+    cfg = load_config(TINY, [f"model.arch={arch}", "train.max_iters=3"])
+    result = train(cfg, tmp_path / "run")
+    assert result.iteration == 3 and not result.interrupted and np.isfinite(result.last_loss)
+    run = tmp_path / "run"
+    assert (run / "config.yaml").exists() and (run / "checkpoints" / "last.pt").exists()
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3]
+    assert {"loss", "inv_local", "var_global", "lr", "images_per_s", "epoch"} <= set(records[0])
+    state = torch.load(run / "backbone.pt", weights_only=True)
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    model.load_state_dict(state)  # strict
+    with_head = timm.create_model(arch, pretrained=False)
+    missing, unexpected = with_head.load_state_dict(state, strict=False)
+    assert not unexpected and all(k.startswith(("fc.", "head.")) for k in missing)
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True
+    assert ckpt["iteration"] == 3 and ckpt["config"]["model"]["arch"] == arch
+
+
+def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    common = [str(TINY), "train.max_iters=6", "train.checkpoint_every_iters=2"]
+    reference = _run_cli(*common, "data.num_workers=2", "--output-dir", str(tmp_path / "ref"))
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = _run_cli(*common, "--output-dir", str(tmp_path / "run"), env={KILL_ENV: "3"})
+    assert killed.returncode == -signal.SIGKILL
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 2
+    resumed = _run_cli(*common, "--output-dir", str(tmp_path / "run"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ref = torch.load(tmp_path / "ref" / "backbone.pt", weights_only=True)
+    got = torch.load(tmp_path / "run" / "backbone.pt", weights_only=True)
+    assert ref.keys() == got.keys()
+    assert all(torch.equal(ref[k], got[k]) for k in ref), "resumed weights differ from the uninterrupted run"
+    ref_heads = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
+    got_heads = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    assert all(torch.equal(ref_heads[k], got_heads[k]) for k in ref_heads)
+    iterations = [json.loads(line)["iteration"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert iterations == [1, 2, 3, 4, 5, 6]
+
+
+def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
+    cfg = load_config(TINY, ["train.max_iters=5"])
+    original = torch.optim.Optimizer.zero_grad
+
+    calls = {"n": 0}
+
+    def zero_grad_then_signal(self, *args, **kwargs):  # deliver SIGTERM during the second step
+        calls["n"] += 1
+        if calls["n"] == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    torch.optim.Optimizer.zero_grad = zero_grad_then_signal
+    try:
+        result = train(cfg, tmp_path / "run")
+    finally:
+        torch.optim.Optimizer.zero_grad = original
+    assert result.interrupted and result.iteration == 2 and result.backbone_path is None
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 2
+    resumed = train(cfg, tmp_path / "run", resume=True)
+    assert resumed.iteration == 5 and resumed.backbone_path is not None
+
+
+def test_nan_loss_stops_with_a_clear_error_and_keeps_the_checkpoint(tmp_path: Path) -> None:
+    cfg = load_config(TINY, ["train.max_iters=4", "train.checkpoint_every_iters=1", "optim.base_lr=1e30"])
+    with pytest.raises(NonFiniteLossError, match="non-finite loss at iteration"):
+        train(cfg, tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path: Path) -> None:
+    cfg = load_config(TINY, ["train.max_iters=1"])
+    train(cfg, tmp_path / "run")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(cfg, tmp_path / "other", resume=True)
+
+
+def test_image_folder_skips_and_counts_corrupt_files(tmp_path: Path) -> None:
+    folder = tmp_path / "images" / "class_a"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
+    Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(folder / "gray.png")
+    (folder / "broken.jpg").write_bytes(b"not an image")
+    cfg = load_config(TINY, [f"data.source=folder", f"data.root={tmp_path / 'images'}", "train.max_iters=2",
+                             "data.batch_size=5"])
+    train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["skipped_images"] >= 1
+    strict = load_config(TINY, [f"data.source=folder", f"data.root={tmp_path / 'images'}", "data.strict=true",
+                                "train.max_iters=2", "data.batch_size=10"])
+    with pytest.raises(ValueError, match="broken.jpg"):
+        train(strict, tmp_path / "strict")
+
+
+def test_cli_config_errors_name_the_key(tmp_path: Path) -> None:
+    typo = _run_cli(str(TINY), "optim.base_lrr=0.1", "--output-dir", str(tmp_path / "a"))
+    assert typo.returncode == 2 and "optim.base_lrr" in typo.stderr and "base_lr" in typo.stderr
+    bad_type = _run_cli(str(TINY), "data.batch_size=many", "--output-dir", str(tmp_path / "b"))
+    assert bad_type.returncode == 2 and "data.batch_size" in bad_type.stderr
+    impossible = _run_cli(str(TINY), "vicregl.alpha=2", "--output-dir", str(tmp_path / "c"))
+    assert impossible.returncode == 2 and "alpha" in impossible.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_images = _run_cli(str(TINY), "data.source=folder", f"data.root={empty}", "--output-dir", str(tmp_path / "d"))
+    assert no_images.returncode == 2 and "no images" in no_images.stderr
+
+
+def test_torchrun_two_processes(tmp_path: Path) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           str(TRAIN), str(TINY), "train.max_iters=2", "train.device=cpu", "--output-dir", str(tmp_path / "run")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "run" / "backbone.pt").exists()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
