@@ -149,3 +149,12 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert (tmp_path / "run" / "backbone.pt").exists()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
+
+
+def test_accumulation_and_channels_last_run(tmp_path: Path) -> None:
+    cfg = load_config(TINY, ["train.max_iters=2", "optim.accumulate=2", "train.channels_last=true",
+                             "optim.name=adamw", "optim.clip_grad=1.0", "optim.base_lr=0.001"])
+    result = train(cfg, tmp_path / "run")
+    assert result.iteration == 2 and np.isfinite(result.last_loss)
+    with pytest.raises(ValueError, match="divisible"):
+        train(load_config(TINY, ["optim.accumulate=3"]), tmp_path / "bad")
