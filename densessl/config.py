@@ -17,12 +17,14 @@ from typing import Any, Sequence
 
 from densessl.config_io import load_config as _load
 from densessl.data.transforms import MultiCropConfig
+from densessl.objectives.densecl import DenseCLConfig
+from densessl.objectives.pixpro import PixProConfig
 from densessl.objectives.vicreg import VICRegConfig
 from densessl.objectives.vicregl import VICRegLConfig
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "Config", "load_config", "METHODS"]
 
-METHODS = ("vicregl", "vicreg")
+METHODS = ("vicregl", "vicreg", "densecl", "pixpro")
 
 
 @dataclass
@@ -137,6 +139,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     vicregl: VICRegLConfig = field(default_factory=VICRegLConfig)
     vicreg: VICRegConfig = field(default_factory=VICRegConfig)
+    densecl: DenseCLConfig = field(default_factory=DenseCLConfig)
+    pixpro: PixProConfig = field(default_factory=PixProConfig)
 
     def validate(self) -> None:
         if self.method not in METHODS:

@@ -219,6 +219,7 @@ class VICReg(nn.Module):
     """
 
     uses_teacher = False
+    uses_pooled = True
 
     def __init__(self, pooled_dim: int, config: VICRegConfig | None = None, arch: str = "") -> None:
         super().__init__()
@@ -234,7 +235,8 @@ class VICReg(nn.Module):
         """Build heads sized for ``backbone``."""
         return cls(backbone.num_features, config, backbone.arch)
 
-    def forward(self, features: list[DenseFeatures], views: Views) -> dict[str, Tensor]:
+    def forward(self, features: list[DenseFeatures], views: Views,
+                teacher_features: list[DenseFeatures] | None = None) -> dict[str, Tensor]:
         """Loss for one batch. ``features``: one ``DenseFeatures`` per view (see ``encode_views``)."""
         # One projector call per view, as the official code does: BatchNorm statistics are per view.
         embeddings = [self.projector(f.pooled) for f in features]

@@ -287,6 +287,11 @@ class VICRegL(nn.Module):
             gather=cfg.gather,
         )
 
+    @property
+    def uses_pooled(self) -> bool:
+        """Whether the loss reads ``DenseFeatures.pooled`` (not with alpha = 0)."""
+        return self.projector is not None
+
     @classmethod
     def from_backbone(cls, backbone: DenseBackbone, config: VICRegLConfig | None = None) -> "VICRegL":
         """Build heads sized for ``backbone`` (local loss on its last requested level)."""
@@ -300,7 +305,8 @@ class VICRegL(nn.Module):
         grid = to_pixels(cell_centers(views.boxes[:, view], flipped, h, w), views.image_size)
         return grid.flatten(1, 2)
 
-    def forward(self, features: list[DenseFeatures], views: Views) -> dict[str, Tensor]:
+    def forward(self, features: list[DenseFeatures], views: Views,
+                teacher_features: list[DenseFeatures] | None = None) -> dict[str, Tensor]:
         """Loss for one batch.
 
         Args:

@@ -40,6 +40,7 @@ from densessl.data.collate import Views, collate_views
 from densessl.data.datasets import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
 from densessl.data.transforms import MultiCrop
 from densessl.objectives import OBJECTIVES
+from densessl.objectives.momentum import ema_update, frozen_copy
 from densessl.train.checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
 from densessl.train.dist import all_reduce_mean
 from densessl.train.optim import build_optimizer, lr_at
@@ -57,18 +58,38 @@ class NonFiniteLossError(RuntimeError):
 
 
 class Pretrainer(nn.Module):
-    """Backbone + objective in one module, so DDP wraps a single forward: views -> loss terms."""
+    """Backbone + objective (+ EMA teacher backbone) in one module, so DDP wraps a single forward.
+
+    Objectives with ``uses_teacher = True`` receive the teacher backbone's features, computed by the same
+    ``encode_views`` as the student's under ``no_grad``; ``update_teacher`` moves the teacher backbone and the
+    objective's ``ema_pairs()`` heads by EMA after each optimizer step.
+    """
 
     def __init__(self, backbone: DenseBackbone, objective: nn.Module, channels_last: bool = False) -> None:
         super().__init__()
         self.backbone = backbone
         self.objective = objective
         self.channels_last = channels_last
+        self.teacher_backbone = frozen_copy(backbone) if getattr(objective, "uses_teacher", False) else None
 
     def forward(self, views: Views) -> dict[str, Tensor]:
         if self.channels_last:
-            views.images = [g.contiguous(memory_format=torch.channels_last) if g.dim() == 4 else g for g in views.images]
-        return self.objective(encode_views(self.backbone, views), views)
+            views.images = [g.contiguous(memory_format=torch.channels_last) for g in views.images]
+        features = encode_views(self.backbone, views)
+        teacher_features = None
+        if self.teacher_backbone is not None:
+            with torch.no_grad():
+                teacher_features = encode_views(self.teacher_backbone, views)
+        return self.objective(features, views, teacher_features)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA step of every (student, teacher) pair."""
+        if self.teacher_backbone is None:
+            return
+        ema_update(self.teacher_backbone, self.backbone, momentum)
+        for student, teacher in self.objective.ema_pairs():
+            ema_update(teacher, student, momentum)
 
 
 @dataclass
@@ -234,7 +255,9 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
     optimizer = build_optimizer([model], cfg.optim)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     if env.distributed:
-        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # Map-only objectives leave the backbone's pooling head (e.g. ConvNeXt's head norm) without gradients.
+        model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                                    find_unused_parameters=not objective.uses_pooled)
 
     # ---- data
     dataset = _build_dataset(cfg)
@@ -340,6 +363,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
+                if _unwrap(model).teacher_backbone is not None:
+                    _unwrap(model).update_teacher(_unwrap(model).objective.momentum_at(step, total_steps))
                 step += 1
                 window_steps += 1
                 window_images += cfg.data.batch_size

@@ -74,3 +74,23 @@ def test_two_process_loss_equals_single_process(tmp_path: Path) -> None:
 def test_gather_is_identity_without_process_group() -> None:
     x = torch.randn(3, 2)
     assert all_gather_with_grad(x) is x and get_world_size() == 1
+
+
+def _queue_worker(rank: int, init_file: str, out_dir: str) -> None:
+    from densessl.objectives.densecl import KeyQueue
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    try:
+        queue = KeyQueue(8, 2)
+        queue.push(torch.full((3, 2), float(rank)))
+        torch.save({"keys": queue.keys, "ptr": queue.ptr}, os.path.join(out_dir, f"queue{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_queue_enqueues_keys_from_every_rank(tmp_path: Path) -> None:
+    mp.spawn(_queue_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    for r in range(WORLD):
+        state = torch.load(tmp_path / f"queue{r}.pt", weights_only=True)
+        assert int(state["ptr"]) == 6
+        assert torch.equal(state["keys"][:3], torch.zeros(3, 2)) and torch.equal(state["keys"][3:6], torch.ones(3, 2))

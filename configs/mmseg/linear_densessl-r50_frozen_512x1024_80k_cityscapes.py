@@ -1,0 +1,15 @@
+# Cityscapes: LinearHead (BN -> dropout -> 1x1 conv) on all four stages resize-concatenated; frozen backbone (linear
+# evaluation); 80k iterations at 512x1024.
+# Weights: --cfg-options model.backbone.weights=runs/<run>/backbone.pt (a densessl/timm resnet50 state_dict).
+_base_ = [
+    './_base_/models/linear_densessl.py',
+    './_base_/datasets/cityscapes.py',
+    './_base_/default_runtime.py',
+    './_base_/schedules/schedule_80k.py',
+]
+crop_size = (512, 1024)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(frozen=True),
+    decode_head=dict(num_classes=19))

@@ -1,0 +1,18 @@
+# Cityscapes: UPerHead (+ auxiliary FCNHead) on the stride 4/8/16/32 stages; fine-tuned backbone and head; 80k
+# iterations at 512x1024.
+# Weights: --cfg-options model.backbone.weights=runs/<run>/backbone.pt (a densessl/timm resnet50 state_dict).
+_base_ = [
+    './_base_/models/upernet_densessl.py',
+    './_base_/datasets/cityscapes.py',
+    './_base_/default_runtime.py',
+    './_base_/schedules/schedule_80k.py',
+]
+crop_size = (512, 1024)
+data_preprocessor = dict(size=crop_size)
+model = dict(
+    data_preprocessor=data_preprocessor,
+    backbone=dict(frozen=False),
+    decode_head=dict(num_classes=19),
+    auxiliary_head=dict(num_classes=19))
+# Multi-GPU: convert the backbone's BatchNorm layers to SyncBN too (ignored on one device).
+sync_bn = 'torch'
