@@ -175,9 +175,10 @@ class VICRegLoss(nn.Module):
             raise ValueError(f"embeddings must all be (B, D); got {[tuple(z.shape) for z in embeddings]}")
         pairs = [(i, j) for i in range(n_global) for j in range(len(embeddings)) if j != i]
         inv = torch.stack([invariance_loss(embeddings[i], embeddings[j]) for i, j in pairs]).mean()
-        centred = [gather_center(z, self.gather) for z in embeddings]
-        var = torch.stack([variance_loss(x, self.eps) for x in centred]).mean()
-        cov = torch.stack([covariance_loss(x) for x in centred]).mean()
+        # Views side by side as slots: per-slot statistics averaged over slots = per-view statistics averaged over views.
+        centred = gather_center(torch.stack(embeddings, dim=1), self.gather)  # (N, V, D)
+        var = variance_loss(centred, self.eps)
+        cov = covariance_loss(centred)
         inv, var, cov = self.inv_coeff * inv, self.var_coeff * var, self.cov_coeff * cov
         return {"loss": inv + var + cov, "inv": inv, "var": var, "cov": cov}
 

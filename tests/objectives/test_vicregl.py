@@ -168,24 +168,16 @@ def test_geometric_matching_pairs_overlapping_cells() -> None:
 
 
 def test_topk_assignment_official_vs_corrected() -> None:
-    seen = []
-
-    class Spy(VICRegLLocalLoss):
-        def _direction(self, z_src, z_tgt, distances, k):
-            seen.append(k)
-            return super()._direction(z_src, z_tgt, distances, k)
-
+    official = VICRegLLocalLoss(num_matches=(5, 3), topk_by_view_size=False)
+    corrected = VICRegLLocalLoss(num_matches=(5, 3), topk_by_view_size=True)
+    # (global a, global b) and (global a, local b): k for (a -> b, b -> a)
+    assert official._ks(True, True) == (5, 3) and official._ks(True, False) == (5, 3)
+    assert corrected._ks(True, True) == (5, 5) and corrected._ks(True, False) == (5, 3)
     maps, locs = _random_views(cells=(9, 9, 4))
-    Spy(num_matches=(5, 3), topk_by_view_size=False)(maps, locs, n_global=2)
-    official = seen[:]
-    seen.clear()
-    Spy(num_matches=(5, 3), topk_by_view_size=True)(maps, locs, n_global=2)
-    # Each pair: [feature a->b, feature b->a, location a->b, location b->a]; pairs (0,1), (0,2), (1,0), (1,2).
-    location_official = [official[i : i + 2] for i in range(2, len(official), 4)]
-    location_corrected = [seen[i : i + 2] for i in range(2, len(seen), 4)]
-    assert location_official == [[5, 3]] * 4
-    assert location_corrected == [[5, 5], [5, 3], [5, 5], [5, 3]]
-    assert official[0:2] == [None, None]  # l2_all_matches
+    sizes = [x.shape[1] for x, _ in official.pair_matches(maps[0], maps[1], locs[0], locs[1], True, True)]
+    assert sizes == [9, 9, 5, 3]  # feature matching keeps every cell (l2_all_matches)
+    sizes = [x.shape[1] for x, _ in corrected.pair_matches(maps[0], maps[2], locs[0], locs[2], True, False)]
+    assert sizes == [9, 4, 5, 3]
 
 
 def _views(batch: int, n_views: int, n_global: int, flipped: bool = False) -> Views:
