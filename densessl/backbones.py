@@ -159,7 +159,7 @@ class DenseBackbone(nn.Module):
         return DenseFeatures(maps=list(maps), pooled=pooled)
 
 
-def encode_views(backbone: nn.Module, views: Views) -> list[DenseFeatures]:
+def encode_views(backbone: nn.Module, views: Views, channels_last: bool = False) -> list[DenseFeatures]:
     """Run the backbone once per resolution group and split the result per view.
 
     This is the one encode path for every network (student and teacher alike).
@@ -167,6 +167,7 @@ def encode_views(backbone: nn.Module, views: Views) -> list[DenseFeatures]:
     Args:
         backbone: A ``DenseBackbone`` (or anything returning ``DenseFeatures``).
         views: A batch of views.
+        channels_last: Feed the backbone NHWC-strided images (faster convolutions on GPUs with a channels-last model).
 
     Returns:
         ``V`` ``DenseFeatures``, one per view in view order, each with batch ``B``.
@@ -175,7 +176,10 @@ def encode_views(backbone: nn.Module, views: Views) -> list[DenseFeatures]:
     per_view: list[DenseFeatures] = []
     for group in views.images:
         count = group.shape[1]
-        feats = backbone(rearrange(group, "b v c h w -> (v b) c h w"))
+        images = rearrange(group, "b v c h w -> (v b) c h w")
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feats = backbone(images)
         maps = [m.reshape(count, batch, *m.shape[1:]) for m in feats.maps]  # (V_g, B, C, h, w)
         pooled = feats.pooled.reshape(count, batch, -1)
         for v in range(count):

@@ -73,13 +73,11 @@ class Pretrainer(nn.Module):
         self.teacher_backbone = frozen_copy(backbone) if getattr(objective, "uses_teacher", False) else None
 
     def forward(self, views: Views) -> dict[str, Tensor]:
-        if self.channels_last:
-            views.images = [g.contiguous(memory_format=torch.channels_last) for g in views.images]
-        features = encode_views(self.backbone, views)
+        features = encode_views(self.backbone, views, self.channels_last)
         teacher_features = None
         if self.teacher_backbone is not None:
             with torch.no_grad():
-                teacher_features = encode_views(self.teacher_backbone, views)
+                teacher_features = encode_views(self.teacher_backbone, views, self.channels_last)
         return self.objective(features, views, teacher_features)
 
     @torch.no_grad()
