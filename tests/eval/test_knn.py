@@ -1,0 +1,123 @@
+"""Dense kNN retrieval: hand-built memory, chunked search, patch label distributions, the separable fixture."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from densessl.eval.knn import (
+    AugmentedSegmentation,
+    DenseMemory,
+    KNNConfig,
+    knn_predict,
+    knn_search,
+    patch_label_distributions,
+    run_knn,
+)
+from tests.eval.helpers import COLOURS, MeanColourBackbone, SplitColours
+
+
+def _hand_memory() -> DenseMemory:
+    features = F.normalize(torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.6, 0.0, 0.8]]), dim=1)
+    labels = torch.tensor([2, 0, 1])
+    return DenseMemory(features=features.half(), distributions=F.one_hot(labels, 3).half())
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_query_equal_to_a_memory_patch_gets_its_label(k: int) -> None:
+    memory = _hand_memory()
+    for index, label in enumerate([2, 0, 1]):
+        query = memory.features[index : index + 1].float()
+        dist = knn_predict(query, memory, k=k, temperature=0.02)
+        assert dist.shape == (1, 3) and dist.sum().item() == pytest.approx(1.0, abs=1e-4)
+        assert dist.argmax().item() == label
+
+
+def test_temperature_weights_are_softmax_of_similarities() -> None:
+    memory = _hand_memory()
+    query = F.normalize(torch.tensor([[1.0, 1.0, 0.0]]), dim=1)
+    sims = query @ memory.features.float().T  # (1, 3)
+    expected = torch.softmax(sims / 0.5, dim=1)[0]  # weight of patch i goes to its label
+    dist = knn_predict(query, memory, k=3, temperature=0.5)[0]
+    assert dist.tolist() == pytest.approx([expected[1].item(), expected[2].item(), expected[0].item()], abs=1e-3)
+
+
+def test_chunked_search_equals_full_search() -> None:
+    queries = F.normalize(torch.randn(23, 8), dim=1)
+    memory = F.normalize(torch.randn(41, 8), dim=1)
+    full = knn_search(queries, memory, k=5, query_chunk_size=1000, memory_chunk_size=1000)
+    chunked = knn_search(queries, memory, k=5, query_chunk_size=4, memory_chunk_size=3)
+    reference = (queries @ memory.T).topk(5, dim=1)
+    assert torch.equal(full.indices, reference.indices) and torch.equal(chunked.indices, reference.indices)
+    assert torch.allclose(chunked.similarities, reference.values)
+    with pytest.raises(ValueError, match="k must be in"):
+        knn_search(queries, memory, k=42)
+
+
+def test_patch_label_distributions_hand_example() -> None:
+    mask = torch.tensor([[0, 1, 2, 2],
+                         [0, 1, 2, 255],
+                         [255, 255, 1, 1],
+                         [255, 255, 1, 0]], dtype=torch.uint8)[None]
+    labels = patch_label_distributions(mask, num_classes=3, grid=(2, 2))
+    assert labels.valid.tolist() == [[True, True, False, True]]
+    dist = labels.distributions[0]
+    assert dist[0].tolist() == pytest.approx([0.5, 0.5, 0.0])
+    assert dist[1].tolist() == pytest.approx([0.0, 0.0, 1.0])  # the ignore pixel is excluded
+    assert dist[2].tolist() == [0.0, 0.0, 0.0]
+    assert dist[3].tolist() == pytest.approx([0.25, 0.75, 0.0])
+    with pytest.raises(ValueError, match=r"mask values \[5\]"):
+        patch_label_distributions(torch.full((1, 4, 4), 5), num_classes=3, grid=(2, 2))
+
+
+def test_knn_separable_fixture_and_settings() -> None:
+    train, val = SplitColours(24, seed=0), SplitColours(8, seed=1)
+    result = run_knn(MeanColourBackbone(), train, val, KNNConfig(input_size=32, progress=False))
+    assert result.metrics.miou > 90.0
+    settings = result.settings
+    assert settings["protocol"] == "knn" and settings["k"] == 30 and settings["temperature"] == 0.02
+    assert settings["input_size"] == 32 and settings["memory_size"] == 1_024_000
+    assert settings["memory_patches"] == 24 * 16  # every 4x4 patch has a labelled pixel
+    assert settings["search"] == "torch"
+
+
+def test_memory_cap_and_augmented_memory() -> None:
+    train, val = SplitColours(12, seed=0), SplitColours(4, seed=1)
+    cfg = KNNConfig(input_size=32, memory_size=50, augment_memory=2, k=5, progress=False)
+    result = run_knn(MeanColourBackbone(), train, val, cfg)
+    settings = result.settings
+    assert settings["memory_patches"] == 50 and settings["memory_images"] == 36
+    assert settings["memory_patches_per_image"] == 2
+    assert result.metrics.miou > 90.0
+    assert run_knn(MeanColourBackbone(), train, val, cfg).metrics == result.metrics  # seeded
+
+
+def test_augmented_samples_keep_labels_aligned() -> None:
+    dataset = SplitColours(6, size=48)
+    augmented = AugmentedSegmentation(dataset, size=32, scale=(0.2, 0.6), seed=1, pass_index=1)
+    palette = np.asarray(COLOURS, dtype=np.float64)
+    for index in range(len(dataset)):
+        sample = augmented[index]
+        image, mask = np.asarray(sample.image, dtype=np.float64), sample.mask
+        assert image.shape == (32, 32, 3) and mask.shape == (32, 32)
+        labelled = mask != 255
+        nearest = np.abs(image[..., None, :] - palette).sum(-1).argmin(-1)
+        assert (nearest[labelled] == mask[labelled]).mean() > 0.9
+    assert augmented[0].name.endswith("_aug1")
+
+
+def test_faiss_request_without_faiss_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    try:
+        import faiss  # noqa: F401
+
+        pytest.skip("faiss is installed")
+    except ImportError:
+        pass
+    cfg = KNNConfig(input_size=32, use_faiss=True, progress=False)
+    with caplog.at_level(logging.WARNING, logger="densessl"):
+        result = run_knn(MeanColourBackbone(), SplitColours(4), SplitColours(2, seed=1), cfg)
+    assert result.settings["search"] == "torch" and "faiss is not importable" in caplog.text
