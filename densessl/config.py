@@ -114,6 +114,8 @@ class TrainConfig:
     keep_every_epochs: int | None = None
     tensorboard: bool = True
     progress: bool = True
+    diagnostics_every: int = 0
+    diagnostics_images: int = 32
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -126,6 +128,8 @@ class TrainConfig:
             raise ValueError("log_every and checkpoint_every_epochs must be >= 1")
         if self.checkpoint_every_iters is not None and self.checkpoint_every_iters < 1:
             raise ValueError("checkpoint_every_iters: must be >= 1 or null")
+        if self.diagnostics_every < 0 or self.diagnostics_images < 1:
+            raise ValueError("diagnostics_every must be >= 0 (0 = off) and diagnostics_images >= 1")
 
 
 @dataclass

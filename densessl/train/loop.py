@@ -38,7 +38,8 @@ from densessl.config import Config
 from densessl.config_io import save_config, to_dict
 from densessl.data.collate import Views, collate_views
 from densessl.data.datasets import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
-from densessl.data.transforms import MultiCrop
+from densessl.data.transforms import MultiCrop, MultiCropConfig
+from densessl.diagnostics import collapse_summary, match_precision_over_dataset
 from densessl.objectives import OBJECTIVES
 from densessl.objectives.momentum import ema_update, frozen_copy
 from densessl.train.checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
@@ -153,6 +154,36 @@ def _build_dataset(cfg: Config) -> PretrainDataset:
     else:
         images = ImageFolder(cfg.data.root)  # type: ignore[arg-type]
     return PretrainDataset(images, MultiCrop(cfg.data.multicrop), seed=cfg.train.seed, strict=cfg.data.strict)
+
+
+@torch.no_grad()
+def dense_diagnostics(backbone: DenseBackbone, images: list, crop_size: int, device: torch.device,
+                      seed: int = 0) -> dict[str, float]:
+    """Label-free health of the dense features, for logging during pretraining.
+
+    ``match_precision``: fraction of learned (feature nearest-neighbour) matches between two geometry-only views of
+    each image that land within one cell of the true location (``densessl.diagnostics``); ``rankme_*`` and ``std_*``:
+    effective rank and mean per-dimension std of the backbone's pooled and dense representations of the first views.
+
+    Args:
+        backbone: The (unwrapped) backbone; its train/eval mode is restored afterwards.
+        images: PIL images, always the same ones so the numbers are comparable over training.
+        crop_size: Size of the two views.
+        device: Where the backbone lives.
+        seed: Crop seed (fixed: the same views at every call).
+    """
+    multicrop = MultiCrop(MultiCropConfig(global_size=crop_size, n_local=0, global_scale=(0.3, 1.0), flip_p=0.5,
+                                          jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0)))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        precision = match_precision_over_dataset(backbone, images, multicrop, radius_cells=1.0, seed=seed)
+        views = collate_views([multicrop(img, torch.Generator().manual_seed(seed + i)) for i, img in enumerate(images)])
+        feats = backbone(views.view(0).to(device))
+        summary = collapse_summary(feats.pooled.float().cpu(), feats.maps[-1].float().cpu())
+    finally:
+        backbone.train(was_training)
+    return {"match_precision": precision.precision, "match_chance": precision.chance, **summary}
 
 
 def export_backbone(backbone: DenseBackbone, path: Path) -> None:
@@ -309,6 +340,23 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
     progress = tqdm(total=total_steps, initial=step, disable=not (env.main and cfg.train.progress),
                     dynamic_ncols=True, desc=f"{cfg.method}/{cfg.model.arch}")
     metrics_file = (run_dir / "metrics.jsonl").open("a") if env.main else None
+    diagnostic_images = []
+    if env.main and cfg.train.diagnostics_every:
+        count = min(cfg.train.diagnostics_images, len(dataset))
+        diagnostic_images = [dataset.images[i] for i in range(count)]
+
+    def log_diagnostics() -> None:
+        record = {"iteration": step, "epoch": step / steps_per_epoch,
+                  **dense_diagnostics(_unwrap(model).backbone, diagnostic_images, cfg.data.multicrop.global_size,
+                                      device, seed=cfg.train.seed)}
+        metrics_file.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
+        metrics_file.flush()  # type: ignore[union-attr]
+        logger.info("iteration %d: match precision %.3f (chance %.3f), RankMe global %.1f local %.1f", step,
+                    record["match_precision"], record["match_chance"], record["rankme_global"], record["rankme_local"])
+        if writer is not None:
+            for key, value in record.items():
+                writer.add_scalar(f"diagnostics/{key}", value, step)
+
     window: dict[str, float] = {}
     window_steps, window_images, window_start = 0, 0, time.perf_counter()
     skipped_total = 0
@@ -321,6 +369,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
                 amp_dtype or "fp32")
     model.train()
     try:
+        if diagnostic_images and step == 0:
+            log_diagnostics()
         while step < total_steps:
             epoch, step_in_epoch = divmod(step, steps_per_epoch)
             dataset.set_epoch(epoch)
@@ -384,6 +434,9 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
                             for key, value in record.items():
                                 writer.add_scalar(f"train/{key}", value, step)
                     window, window_steps, window_images, window_start = {}, 0, 0, time.perf_counter()
+
+                if diagnostic_images and (step % cfg.train.diagnostics_every == 0 or step == total_steps):
+                    log_diagnostics()
 
                 epoch_done = step % steps_per_epoch == 0
                 if (

@@ -158,3 +158,14 @@ def test_accumulation_and_channels_last_run(tmp_path: Path) -> None:
     assert result.iteration == 2 and np.isfinite(result.last_loss)
     with pytest.raises(ValueError, match="divisible"):
         train(load_config(TINY, ["optim.accumulate=3"]), tmp_path / "bad")
+
+
+def test_diagnostics_are_logged_during_pretraining(tmp_path: Path) -> None:
+    cfg = load_config(TINY, ["train.max_iters=2", "train.diagnostics_every=2", "train.diagnostics_images=4"])
+    train(cfg, tmp_path / "run")
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    diagnostics = [r for r in records if "match_precision" in r]
+    assert [r["iteration"] for r in diagnostics] == [0, 2]
+    for r in diagnostics:
+        assert 0.0 <= r["match_precision"] <= 1.0 and r["rankme_global"] >= 1.0 and r["rankme_local"] >= 1.0
+        assert r["std_global"] > 0 and r["std_local"] > 0
