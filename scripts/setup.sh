@@ -7,7 +7,7 @@ PYTHON="${PYTHON:-python3}"
 VENV=.venv
 STAMP="$VENV/.densessl-setup"
 want="$(cat pyproject.toml scripts/setup.sh scripts/build_mmcv.sh | sha256sum | cut -d' ' -f1)"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import densessl, torch, timm, mmcv._ext, mmseg" 2>/dev/null; then
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ] && "$VENV/bin/python" -c "import densessl, torch, timm, mmcv._ext, mmseg, matplotlib, pycocotools" 2>/dev/null; then
     exit 0
 fi
 echo "[setup] creating/updating $VENV (first run takes a few minutes)"
@@ -23,7 +23,7 @@ $VENV/bin/python -c "import densessl, timm, einops, yaml, tqdm, pytest" || { ech
 # torch, so scripts/build_mmcv.sh builds one once per machine into a wheel cache (~10 minutes) and prints its path.
 MMCV_WHEEL="$(bash scripts/build_mmcv.sh)" || { echo "[setup] building the mmcv wheel failed" >&2; exit 1; }
 $PIP install -q "$MMCV_WHEEL" 2>&1 | grep -v "^WARNING: Location" || true
-$PIP install -q -e ".[dev,mmseg]" 2>&1 | grep -v "^WARNING: Location" || true
-$VENV/bin/python -c "import mmcv.ops, mmengine, mmseg" || { echo "[setup] mmcv/mmseg install failed" >&2; exit 1; }
+$PIP install -q -e ".[dev,mmseg,viz,det]" 2>&1 | grep -v "^WARNING: Location" || true
+$VENV/bin/python -c "import mmcv.ops, mmengine, mmseg, matplotlib, pycocotools" || { echo "[setup] optional extras (mmseg, viz, det) failed to install" >&2; exit 1; }
 echo "$want" > "$STAMP"
 echo "[setup] done"

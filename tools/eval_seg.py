@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--protocol", required=True, choices=("linear", "knn"))
     parser.add_argument("--out", help="write the results as JSON to this file")
     parser.add_argument("--num-classes", type=int, help="class count (folder datasets; a check for the others)")
+    parser.add_argument("--ignore-index", type=int, default=255,
+                        help="mask value meaning 'ignore' in a folder dataset (remapped to 255; default 255)")
     parser.add_argument("--input-size", type=int, help="eval crop side S (default 128)")
     parser.add_argument("--resize-mode", choices=("shorter_crop", "square"),
                         help="shorter side -> S then center crop (default), or plain resize to S x S")
@@ -105,7 +107,8 @@ def _datasets(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ValueError(f"--data-root is required for --dataset {args.dataset}")
     if not os.path.isdir(args.data_root):
         raise FileNotFoundError(f"data root {args.data_root!r} is not a directory")
-    return tuple(build_segmentation_dataset(args.dataset, args.data_root, split, num_classes=args.num_classes)
+    return tuple(build_segmentation_dataset(args.dataset, args.data_root, split, num_classes=args.num_classes,
+                                            ignore_index=args.ignore_index)
                  for split in ("train", "val"))
 
 
