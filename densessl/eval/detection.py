@@ -1,0 +1,752 @@
+"""Object detection / instance segmentation transfer: torchvision Faster / Mask R-CNN on a densessl backbone.
+
+* :class:`DetectionBackbone` turns any timm backbone (``DenseBackbone``) into what torchvision's ``FasterRCNN``
+  takes: a module with ``out_channels`` returning an ``OrderedDict[str, Tensor]`` of feature maps.
+
+  - ConvNets, ``neck="fpn"``: the stage outputs at strides 4/8/16/32 (or the chosen ``levels``) ->
+    torchvision ``FeaturePyramidNetwork`` + ``LastLevelMaxPool``; keys ``"0".."L-1"`` and ``"pool"``.
+  - ConvNets, ``neck="c4"`` (ResNets only): the stride-16 ``layer3`` map alone (key ``"0"``); ``build_detector``
+    runs ``layer4`` as the RoI box head (the detectron2 "R50-C4" model of the MoCo / DenseCL / PixPro VOC protocol).
+  - ViTs: a ViTDet simple feature pyramid on the last block's map: two 2x2 deconvolutions (stride 4), one
+    (stride 8), identity (16) and 2x2 max-pooling (32), each followed by 1x1 and 3x3 convolutions with LayerNorm, plus
+    ``"pool"`` (stride 64).
+
+  ``norm``: ``"frozen_bn"`` replaces every ``BatchNorm2d`` of the timm model by torchvision's
+  ``FrozenBatchNorm2d`` (statistics and affine fixed: the usual detectron2/torchvision protocol); ``"bn"`` keeps
+  trainable BN (batch statistics) and also puts BN in the FPN and conv heads; ``"sync_bn"`` is ``"bn"`` converted to
+  ``nn.SyncBatchNorm`` when a NCCL process group is initialized (the MoCo / DenseCL / PixPro protocols; on one
+  process it is plain BN). ``frozen_stages``: ``-1`` trains everything, ``0`` freezes the stem, ``N`` the stem and
+  the first ``N`` stages (ResNet ``layer1..N``, ViT blocks ``0..N-1``; timm's coarse ``group_matcher`` defines them);
+  ``frozen=True`` freezes the whole timm model. Frozen parameters get ``requires_grad=False`` and the BatchNorms in
+  frozen parts become ``FrozenBatchNorm2d`` whatever ``norm`` says (so their statistics do not drift either).
+
+* :func:`build_detector` builds ``FasterRCNN`` / ``MaskRCNN`` on the adapter with anchors and RoI pooling matched to
+  the pyramid (one anchor size per level, ``8 x stride`` by default: 32..512 for strides 4..64), ImageNet mean/std,
+  and multi-scale training (random shorter side from ``min_size``; ``test_min_size`` at evaluation).
+
+* :func:`evaluate_detector` / :func:`coco_evaluate`: COCO box and mask AP with pycocotools' ``COCOeval`` against the
+  in-memory ground truth of any dataset of ``densessl.data.detection`` (VOC and synthetic too). VOC ``difficult``
+  objects are crowd (ignore) regions, so VOC numbers are COCO-style AP (AP50 close to, but not exactly, the VOC07
+  11-point metric).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import os
+import tempfile
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+import torch.utils.data
+from timm.layers import LayerNorm2d
+from timm.models import group_parameters
+from torch import Tensor, nn
+from torchvision.models.detection import FasterRCNN, MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
+from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+from tqdm import tqdm
+
+from densessl.backbones import DenseBackbone, load_backbone_weights
+from densessl.data.detection import DetectionDataset, detection_collate, mask_to_rle
+from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "DETECTOR_KINDS",
+    "NECKS",
+    "NORMS",
+    "DetectionBackbone",
+    "DetectionEvalResult",
+    "SimpleFeaturePyramid",
+    "build_detector",
+    "coco_evaluate",
+    "evaluate_detector",
+    "freeze_batch_norm",
+    "predictions_to_coco",
+]
+
+logger = logging.getLogger("densessl")
+
+DETECTOR_KINDS = ("faster_rcnn", "mask_rcnn")
+NECKS = ("fpn", "c4")
+NORMS = ("frozen_bn", "bn", "sync_bn")
+BOX_HEADS = ("2fc", "4conv1fc")
+_FPN_STRIDES = (4, 8, 16, 32)
+
+
+# --------------------------------------------------------------------------- #
+# Norm conversion and freezing
+# --------------------------------------------------------------------------- #
+
+
+def _frozen_copy(bn: nn.BatchNorm2d) -> FrozenBatchNorm2d:
+    """A ``FrozenBatchNorm2d`` with ``bn``'s statistics and affine parameters (identity affine if it has none)."""
+    frozen = FrozenBatchNorm2d(bn.num_features, eps=bn.eps)
+    with torch.no_grad():
+        if bn.affine:
+            frozen.weight.copy_(bn.weight)
+            frozen.bias.copy_(bn.bias)
+        if bn.track_running_stats and bn.running_mean is not None:
+            frozen.running_mean.copy_(bn.running_mean)
+            frozen.running_var.copy_(bn.running_var)
+    reference = bn.running_mean if bn.running_mean is not None else bn.weight
+    return frozen.to(reference.device) if reference is not None else frozen
+
+
+def freeze_batch_norm(module: nn.Module, only_frozen_params: bool = False) -> nn.Module:
+    """Replace ``BatchNorm2d`` / ``SyncBatchNorm`` layers by ``torchvision.ops.FrozenBatchNorm2d``.
+
+    timm's ``BatchNormAct2d`` (BN fused with an activation) becomes timm's frozen equivalent, which keeps the
+    activation.
+
+    Args:
+        module: Any module (changed in place).
+        only_frozen_params: Replace only the layers whose parameters have ``requires_grad=False``.
+
+    Returns:
+        ``module``, or its replacement if ``module`` itself is a BatchNorm.
+    """
+    from timm.layers import freeze_batch_norm_2d
+
+    def convert(child: nn.Module) -> nn.Module | None:
+        if not isinstance(child, nn.modules.batchnorm._BatchNorm) or isinstance(child, nn.BatchNorm1d):
+            return None
+        if only_frozen_params and any(p.requires_grad for p in child.parameters()):
+            return None
+        if type(child) in (nn.BatchNorm2d, nn.SyncBatchNorm):
+            return _frozen_copy(child)
+        return freeze_batch_norm_2d(child)  # timm BatchNormAct2d and friends
+
+    replaced = convert(module)
+    if replaced is not None:
+        return replaced
+    for name, child in list(module.named_children()):
+        new = freeze_batch_norm(child, only_frozen_params)
+        if new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def _freeze_stages(model: nn.Module, frozen_stages: int, frozen: bool) -> int:
+    """Set ``requires_grad=False`` on the stem and first ``frozen_stages`` stages (or everything if ``frozen``).
+
+    Stages are timm's coarse parameter groups (group 0 = stem, 1.. = stages / blocks).
+
+    Returns:
+        The number of frozen parameter tensors.
+    """
+    if frozen:
+        params = list(model.parameters())
+        for p in params:
+            p.requires_grad_(False)
+        return len(params)
+    if frozen_stages < 0:
+        return 0
+    if not hasattr(model, "group_matcher"):
+        raise ValueError(f"{type(model).__name__} has no group_matcher(); use frozen_stages=-1 or frozen=true")
+    groups = group_parameters(model, model.group_matcher(coarse=True))
+    named = dict(model.named_parameters())
+    count = 0
+    for group_id, names in groups.items():
+        if group_id <= frozen_stages:
+            for name in names:
+                named[name].requires_grad_(False)
+                count += 1
+    return count
+
+
+# --------------------------------------------------------------------------- #
+# Necks
+# --------------------------------------------------------------------------- #
+
+
+class SimpleFeaturePyramid(nn.Module):
+    """ViTDet's simple feature pyramid: one single-scale map -> strides 4/8/16/32 (+ max-pooled 64).
+
+    Args:
+        in_channels: Channels ``C`` of the input map.
+        in_stride: Stride of the input map (a power of two, e.g. 16 for patch-16 ViTs).
+        out_channels: Channels of every output level.
+        strides: Output strides (each ``in_stride`` times a power of two between 1/4 and 4).
+    """
+
+    def __init__(self, in_channels: int, in_stride: int, out_channels: int = 256,
+                 strides: Sequence[int] = _FPN_STRIDES) -> None:
+        super().__init__()
+        self.strides = [int(s) for s in strides] + [int(strides[-1]) * 2]
+        self.stages = nn.ModuleList()
+        for stride in strides:
+            ratio = math.log2(in_stride / stride)
+            if ratio != int(ratio) or not -2 <= ratio <= 2:
+                raise ValueError(f"simple feature pyramid cannot map stride {in_stride} to {stride} (needs a power-"
+                                 "of-two ratio between 1/4 and 4)")
+            layers: list[nn.Module] = []
+            dim = in_channels
+            for step in range(int(ratio)):  # upsample: deconv (LN + GELU between two deconvs, as ViTDet)
+                if step:
+                    layers += [LayerNorm2d(dim), nn.GELU()]
+                layers.append(nn.ConvTranspose2d(dim, dim // 2, kernel_size=2, stride=2))
+                dim //= 2
+            if ratio < 0:
+                factor = 2 ** int(-ratio)
+                layers.append(nn.MaxPool2d(kernel_size=factor, stride=factor))
+            layers += [nn.Conv2d(dim, out_channels, 1, bias=False), LayerNorm2d(out_channels),
+                       nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels)]
+            self.stages.append(nn.Sequential(*layers))
+
+    def forward(self, x: Tensor) -> OrderedDict[str, Tensor]:
+        """Map ``(B, C, h, w)`` at ``in_stride`` to ``{"0": stride 4, ..., "3": stride 32, "pool": stride 64}``."""
+        out: OrderedDict[str, Tensor] = OrderedDict((str(k), stage(x)) for k, stage in enumerate(self.stages))
+        out["pool"] = F.max_pool2d(out[str(len(self.stages) - 1)], kernel_size=1, stride=2)
+        return out
+
+
+class DetectionBackbone(nn.Module):
+    """A timm backbone with a feature pyramid (or the C4 map), in torchvision's detection-backbone interface.
+
+    Args:
+        arch: timm model name (``resnet50``, ``convnext_tiny``, ``vit_small_patch16_224`` ...).
+        weights: Local weights file: our ``backbone.pt``, a timm ``state_dict`` (``.pt``/``.pth``/``.bin`` or
+            ``.safetensors``), or ``None`` for random init. Never downloads.
+        levels: ``feature_info`` indices feeding the neck. ``None``: ConvNet FPN -> the last level of each
+            stride 4/8/16/32; C4 -> the stride-16 level; ViT -> the last block. ViTs take exactly one level.
+        out_channels: Channels of every pyramid level (FPN / simple pyramid).
+        neck: ``"fpn"`` or ``"c4"`` (ResNets: ``layer3`` output; ``take_res5()`` hands ``layer4`` to the head).
+        norm: ``"frozen_bn"``, ``"bn"`` or ``"sync_bn"`` (see the module docstring).
+        frozen_stages: ``-1`` none, ``0`` stem, ``N`` stem + first ``N`` stages frozen.
+        frozen: Freeze the whole timm model (the neck stays trainable).
+        model_kwargs: Extra ``timm.create_model`` arguments (e.g. ``drop_path_rate``).
+
+    Attributes:
+        out_channels: Channels of every output map (what ``FasterRCNN`` reads).
+        featmap_names: Keys of the maps RoI pooling uses (all but ``"pool"``).
+        strides: Stride of every output map, in output order (``"pool"`` last for FPN).
+        is_vit: Whether the simple feature pyramid is used.
+    """
+
+    def __init__(
+        self,
+        arch: str,
+        weights: str | os.PathLike | None = None,
+        levels: Sequence[int] | None = None,
+        out_channels: int = 256,
+        neck: str = "fpn",
+        norm: str = "frozen_bn",
+        frozen_stages: int = 1,
+        frozen: bool = False,
+        model_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        if neck not in NECKS:
+            raise ValueError(f"neck must be one of {NECKS}, got {neck!r}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if frozen_stages < -1:
+            raise ValueError(f"frozen_stages must be >= -1, got {frozen_stages}")
+        self.body = DenseBackbone(arch, levels=(-1,), weights=None, model_kwargs=model_kwargs)
+        if weights is not None:
+            _load_weights(self.body.model, weights)
+        model = self.body.model
+        self.is_vit = self.body.is_vit
+        self.norm = norm
+        self.neck_kind = neck
+        info = list(model.feature_info)
+        self.levels = self._pick_levels(arch, info, levels, neck)
+        in_channels = [int(info[i]["num_chs"]) for i in self.levels]
+        level_strides = [int(info[i]["reduction"]) for i in self.levels]
+
+        self.num_frozen = _freeze_stages(model, frozen_stages, frozen)
+        if norm == "frozen_bn":
+            freeze_batch_norm(model)
+        elif self.num_frozen:
+            freeze_batch_norm(model, only_frozen_params=True)
+
+        self._res5: list[nn.Module] = []  # a list keeps layer4 out of this module's parameters (the head owns it)
+        if neck == "c4":
+            if self.is_vit or not hasattr(model, "layer4") or info[self.levels[0]]["module"] != "layer3":
+                raise ValueError(f"neck='c4' needs a ResNet-style timm model with layer3/layer4, got {arch!r}")
+            self._res5.append(model.layer4)
+        model.prune_intermediate_layers(self.levels, prune_norm=not self.body.norm_maps, prune_head=True)
+
+        if self.is_vit:
+            if len(self.levels) != 1:
+                raise ValueError(f"ViT backbones take one level for the simple feature pyramid, got {list(levels or [])}")
+            self.neck: nn.Module = SimpleFeaturePyramid(in_channels[0], level_strides[0], out_channels)
+            self.strides = self.neck.strides
+            self.out_channels = out_channels
+            self.featmap_names = [str(k) for k in range(len(self.strides) - 1)]
+        elif neck == "fpn":
+            fpn_norm = nn.BatchNorm2d if norm in ("bn", "sync_bn") else None
+            self.neck = FeaturePyramidNetwork(in_channels, out_channels, extra_blocks=LastLevelMaxPool(),
+                                              norm_layer=fpn_norm)
+            self.strides = [*level_strides, level_strides[-1] * 2]
+            self.out_channels = out_channels
+            self.featmap_names = [str(k) for k in range(len(self.levels))]
+        else:
+            self.neck = nn.Identity()
+            self.strides = level_strides
+            self.out_channels = in_channels[0]
+            self.featmap_names = ["0"]
+        logger.info("detection backbone %s: levels %s (strides %s) -> %s neck, outputs strides %s, norm %s, "
+                    "%d frozen parameter tensors", arch, self.levels, level_strides, "simple-pyramid" if self.is_vit
+                    else neck, self.strides, norm, self.num_frozen)
+
+    @staticmethod
+    def _pick_levels(arch: str, info: list[dict[str, Any]], levels: Sequence[int] | None, neck: str) -> list[int]:
+        count = len(info)
+        if levels is not None:
+            if not levels or any(not -count <= level < count for level in levels):
+                raise ValueError(f"levels {list(levels)} out of range for {arch!r} with {count} feature levels")
+            picked = [level % count for level in levels]
+            if picked != sorted(set(picked)):
+                raise ValueError(f"levels must be increasing and distinct, got {list(levels)}")
+            return picked
+        reductions = [int(entry["reduction"]) for entry in info]
+        if len(set(reductions)) == 1:  # ViT-like: every block has the same stride
+            return [count - 1]
+        wanted = (16,) if neck == "c4" else _FPN_STRIDES
+        picked = [max(i for i, r in enumerate(reductions) if r == s) for s in wanted if s in reductions]
+        if not picked:
+            raise ValueError(f"{arch!r} has no feature level at strides {wanted} (has {reductions}); pass levels")
+        return picked
+
+    def take_res5(self) -> nn.Module:
+        """Return the ResNet ``layer4`` for the C4 RoI head (``neck="c4"`` only; call once)."""
+        if not self._res5:
+            raise ValueError("take_res5() needs neck='c4' and can be called once")
+        return self._res5.pop()
+
+    def forward(self, images: Tensor) -> OrderedDict[str, Tensor]:
+        """Compute the pyramid.
+
+        Args:
+            images: ``(B, 3, H, W)`` normalized images (``H``, ``W`` multiples of 32 for exact strides).
+
+        Returns:
+            ``OrderedDict`` name -> ``(B, out_channels, H / stride, W / stride)`` in ``strides`` order.
+        """
+        maps = self.body.model.forward_intermediates(images, indices=self.levels, norm=self.body.norm_maps,
+                                                     stop_early=True, intermediates_only=True)
+        if self.is_vit:
+            return self.neck(maps[0])
+        features = OrderedDict((str(k), m) for k, m in enumerate(maps))
+        return self.neck(features) if self.neck_kind == "fpn" else features
+
+
+def _load_weights(model: nn.Module, path: str | os.PathLike) -> None:
+    """``load_backbone_weights`` for torch files, and for ``.safetensors`` through a temporary torch file."""
+    path = os.fspath(path)
+    if not path.endswith(".safetensors"):
+        load_backbone_weights(model, path)
+        return
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"backbone weights file not found: {path!r}")
+    from safetensors.torch import load_file
+
+    state = load_file(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp_path = os.path.join(tmp, "weights.pt")
+        torch.save(state, tmp_path)
+        try:
+            load_backbone_weights(model, tmp_path)
+        except ValueError as error:
+            raise ValueError(str(error).replace(repr(tmp_path), repr(path))) from None
+
+
+# --------------------------------------------------------------------------- #
+# Detector
+# --------------------------------------------------------------------------- #
+
+
+class _MultiScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's transform with separate train sizes (random choice) and one test size."""
+
+    def __init__(self, train_sizes: Sequence[int], test_size: int, max_size: int) -> None:
+        super().__init__(min_size=tuple(train_sizes), max_size=max_size, image_mean=list(IMAGENET_MEAN),
+                         image_std=list(IMAGENET_STD))
+        self.train_sizes = tuple(int(s) for s in train_sizes)
+        self.test_size = int(test_size)
+
+    def train(self, mode: bool = True) -> _MultiScaleTransform:
+        self.min_size = self.train_sizes if mode else (self.test_size,)
+        return super().train(mode)
+
+
+class _Res5Head(nn.Module):
+    """C4 box head: ResNet ``layer4`` on the ``14 x 14`` RoI features, then global average pooling."""
+
+    def __init__(self, res5: nn.Module) -> None:
+        super().__init__()
+        self.res5 = res5
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(N, C4, 14, 14)`` -> ``(N, C5)``."""
+        return self.res5(x).mean(dim=(2, 3))
+
+
+def build_detector(
+    kind: str = "faster_rcnn",
+    arch: str = "resnet50",
+    weights: str | os.PathLike | None = None,
+    num_classes: int = 81,
+    *,
+    neck: str = "fpn",
+    levels: Sequence[int] | None = None,
+    norm: str = "frozen_bn",
+    frozen_stages: int = 1,
+    frozen: bool = False,
+    out_channels: int = 256,
+    box_head: str = "2fc",
+    min_size: int | Sequence[int] = 800,
+    test_min_size: int | None = None,
+    max_size: int = 1333,
+    anchor_sizes: Sequence[int] | None = None,
+    representation_size: int = 1024,
+    roi_batch_size: int = 512,
+    rpn_proposals_train: int = 2000,
+    rpn_proposals_test: int = 1000,
+    detections_per_img: int = 100,
+    model_kwargs: dict[str, Any] | None = None,
+) -> nn.Module:
+    """Build a torchvision Faster R-CNN or Mask R-CNN on a densessl backbone.
+
+    Args:
+        kind: ``"faster_rcnn"`` or ``"mask_rcnn"`` (FPN / ViT pyramids only).
+        arch: timm architecture.
+        weights: Backbone weights file or ``None`` (random init); see :class:`DetectionBackbone`.
+        num_classes: Classes including the background (``dataset.num_classes``).
+        neck: ``"fpn"`` or ``"c4"`` (ResNets, Faster R-CNN only).
+        levels: Backbone levels (see :class:`DetectionBackbone`).
+        norm: ``"frozen_bn"``, ``"bn"`` or ``"sync_bn"``. With ``bn``/``sync_bn`` the FPN and conv heads use BN
+            too; with ``sync_bn`` the whole model is converted to ``nn.SyncBatchNorm`` under a NCCL process group.
+        frozen_stages: ``-1`` none, ``0`` stem, ``N`` stem + first ``N`` stages frozen.
+        frozen: Freeze the whole timm model.
+        out_channels: Pyramid channels (also the conv width of the 4conv1fc and mask heads); 256 usually.
+        box_head: ``"2fc"`` (torchvision's two 1024-d FC layers) or ``"4conv1fc"`` (4 convs + 1 FC, BN per
+            ``norm``: the MoCo/DenseCL COCO protocol). Ignored for C4 (the head is ``layer4``).
+        min_size: Shorter side at training; a sequence draws one per batch (multi-scale training).
+        test_min_size: Shorter side at evaluation (default: the last ``min_size``).
+        max_size: Cap on the longer side.
+        anchor_sizes: One anchor size (pixels) per pyramid level, aspect ratios 0.5/1/2. ``None``: ``8 x stride``
+            per level (32, 64, 128, 256, 512 for strides 4..64). For C4: the sizes of the single level
+            (default 32..512).
+        representation_size: Width of the FC layer(s) of the FPN box head.
+        roi_batch_size: RoIs sampled per image for the box head loss (25 % positives).
+        rpn_proposals_train: RPN proposals kept per image (before and after NMS, per level before) at training.
+        rpn_proposals_test: The same at evaluation.
+        detections_per_img: Maximum detections per image.
+        model_kwargs: Extra ``timm.create_model`` arguments.
+
+    Returns:
+        The detector: train mode ``model(images, targets) -> dict of losses``; eval mode ``model(images) ->``
+        one dict per image with ``boxes`` ``(N, 4)`` xyxy in input-image pixels, ``scores``, ``labels`` and, for
+        Mask R-CNN, ``masks`` ``(N, 1, H, W)`` probabilities.
+    """
+    if kind not in DETECTOR_KINDS:
+        raise ValueError(f"kind must be one of {DETECTOR_KINDS}, got {kind!r}")
+    if box_head not in BOX_HEADS:
+        raise ValueError(f"box_head must be one of {BOX_HEADS}, got {box_head!r}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
+    if neck == "c4" and kind == "mask_rcnn":
+        raise ValueError("neck='c4' is implemented for faster_rcnn only; use neck='fpn' for mask_rcnn")
+    train_sizes = [int(min_size)] if isinstance(min_size, int) else [int(s) for s in min_size]
+    if not train_sizes or min(train_sizes) < 32 or max_size < max(train_sizes):
+        raise ValueError(f"min_size {train_sizes} must be >= 32 and <= max_size {max_size}")
+    test_size = int(test_min_size) if test_min_size is not None else train_sizes[-1]
+
+    backbone = DetectionBackbone(arch, weights=weights, levels=levels, out_channels=out_channels, neck=neck,
+                                 norm=norm, frozen_stages=frozen_stages, frozen=frozen, model_kwargs=model_kwargs)
+    head_norm = nn.BatchNorm2d if norm in ("bn", "sync_bn") else None
+    ratios = (0.5, 1.0, 2.0)
+    common: dict[str, Any] = {"min_size": train_sizes, "max_size": max_size, "image_mean": list(IMAGENET_MEAN),
+                              "image_std": list(IMAGENET_STD), "box_detections_per_img": detections_per_img,
+                              "box_batch_size_per_image": roi_batch_size,
+                              "rpn_pre_nms_top_n_train": rpn_proposals_train,
+                              "rpn_post_nms_top_n_train": rpn_proposals_train,
+                              "rpn_pre_nms_top_n_test": rpn_proposals_test,
+                              "rpn_post_nms_top_n_test": rpn_proposals_test}
+    if neck == "c4" and not backbone.is_vit:
+        sizes = tuple(int(s) for s in (anchor_sizes or (32, 64, 128, 256, 512)))
+        anchors = AnchorGenerator(sizes=(sizes,), aspect_ratios=(ratios,))
+        res5 = backbone.take_res5()
+        res5_channels = int(backbone.body.model.feature_info[backbone.levels[0] + 1]["num_chs"])
+        model: nn.Module = FasterRCNN(
+            backbone, num_classes=None, rpn_anchor_generator=anchors,
+            box_roi_pool=MultiScaleRoIAlign(["0"], output_size=14, sampling_ratio=0),
+            box_head=_Res5Head(res5), box_predictor=FastRCNNPredictor(res5_channels, num_classes), **common)
+    else:
+        levels_out = len(backbone.strides)
+        sizes = tuple(int(s) for s in anchor_sizes) if anchor_sizes is not None else \
+            tuple(8 * s for s in backbone.strides)
+        if len(sizes) != levels_out:
+            raise ValueError(f"anchor_sizes needs one size per pyramid level ({levels_out}: strides "
+                             f"{backbone.strides}), got {list(sizes)}")
+        anchors = AnchorGenerator(sizes=tuple((s,) for s in sizes), aspect_ratios=(ratios,) * levels_out)
+        box_pool = MultiScaleRoIAlign(backbone.featmap_names, output_size=7, sampling_ratio=2)
+        width = backbone.out_channels  # conv width of the 4conv1fc and mask heads (256 in the usual models)
+        if box_head == "4conv1fc":
+            head: nn.Module = FastRCNNConvFCHead((width, 7, 7), [width] * 4, [representation_size],
+                                                 norm_layer=head_norm)
+        else:
+            head = TwoMLPHead(width * 7 * 7, representation_size)
+        parts: dict[str, Any] = {"rpn_anchor_generator": anchors, "box_roi_pool": box_pool, "box_head": head,
+                                 "box_predictor": FastRCNNPredictor(representation_size, num_classes)}
+        if kind == "mask_rcnn":
+            parts["mask_roi_pool"] = MultiScaleRoIAlign(backbone.featmap_names, output_size=14, sampling_ratio=2)
+            parts["mask_head"] = MaskRCNNHeads(width, [width] * 4, 1, norm_layer=head_norm)
+            parts["mask_predictor"] = MaskRCNNPredictor(width, width, num_classes)
+            model = MaskRCNN(backbone, num_classes=None, **parts, **common)
+        else:
+            model = FasterRCNN(backbone, num_classes=None, **parts, **common)
+    model.transform = _MultiScaleTransform(train_sizes, test_size, max_size)
+    if norm == "sync_bn":
+        if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # torch's SyncBatchNorm has no CPU kernel
+            logger.info("norm=sync_bn without a NCCL process group: plain (per-process) BatchNorm")
+    return model
+
+
+# --------------------------------------------------------------------------- #
+# Evaluation
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class DetectionEvalResult:
+    """COCO-style AP, in percent.
+
+    Attributes:
+        box_AP: Box AP averaged over IoU 0.50:0.95.
+        box_AP50: Box AP at IoU 0.5.
+        box_AP75: Box AP at IoU 0.75.
+        box_APs: Box AP on small objects (``None`` if the ground truth has none); likewise ``APm`` and ``APl``.
+        mask_AP: Mask AP (``None`` when masks were not evaluated); likewise the other ``mask_*`` numbers.
+        per_class_AP50: Box AP50 per class name (``None`` for classes without ground truth).
+        num_images: Images evaluated.
+        num_detections: Detections evaluated.
+    """
+
+    box_AP: float
+    box_AP50: float
+    box_AP75: float
+    box_APs: float | None = None
+    box_APm: float | None = None
+    box_APl: float | None = None
+    mask_AP: float | None = None
+    mask_AP50: float | None = None
+    mask_AP75: float | None = None
+    mask_APs: float | None = None
+    mask_APm: float | None = None
+    mask_APl: float | None = None
+    per_class_AP50: dict[str, float | None] = field(default_factory=dict)
+    num_images: int = 0
+    num_detections: int = 0
+
+    def metrics(self) -> dict[str, float]:
+        """The AP numbers that were computed, ``{"box_AP": ..., "mask_AP": ...}`` (``None`` entries left out)."""
+        return {k: v for k, v in asdict(self).items()
+                if k.startswith(("box_", "mask_")) and v is not None}
+
+    def format_table(self) -> str:
+        """A plain-text table of the AP numbers (rows box/mask, columns AP AP50 AP75 APs APm APl)."""
+        columns = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+        lines = [f"{'':6s}" + "".join(f"{c:>8s}" for c in columns)]
+        for prefix in ("box", "mask"):
+            if getattr(self, f"{prefix}_AP") is None:
+                continue
+            values = [getattr(self, f"{prefix}_{c}") for c in columns]
+            lines.append(f"{prefix:6s}" + "".join(f"{v:8.2f}" if v is not None else f"{'-':>8s}" for v in values))
+        return "\n".join(lines)
+
+
+def _coco_from_dict(data: Mapping[str, Any]) -> Any:
+    """An in-memory pycocotools ``COCO`` object (its prints are swallowed)."""
+    try:
+        from pycocotools.coco import COCO
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError("COCO evaluation needs pycocotools: pip install pycocotools") from error
+    coco = COCO()
+    coco.dataset = {"info": {}, "licenses": [], **dict(data)}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def predictions_to_coco(outputs: Mapping[int, Mapping[str, Tensor]], with_masks: bool = False) -> list[dict[str, Any]]:
+    """Convert detector outputs to COCO result entries.
+
+    Args:
+        outputs: ``image_id -> {"boxes": (N, 4) xyxy pixels, "scores": (N,), "labels": (N,) in 1..K,
+            "masks": (N, 1, H, W) or (N, H, W) probabilities}``. Labels are the ground truth's category ids.
+        with_masks: Also encode ``masks`` (binarized at 0.5) as compressed RLE.
+
+    Returns:
+        One dict per detection: ``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]``, ``score`` and, with
+        masks, ``segmentation``.
+    """
+    results: list[dict[str, Any]] = []
+    for image_id, output in outputs.items():
+        boxes = output["boxes"].detach().float().cpu()
+        scores = output["scores"].detach().float().cpu().tolist()
+        labels = output["labels"].detach().cpu().tolist()
+        masks = None
+        if with_masks:
+            masks = output["masks"].detach().cpu()
+            if masks.dim() == 4:
+                masks = masks[:, 0]
+            masks = (masks >= 0.5).numpy()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        for j in range(len(scores)):
+            entry = {"image_id": int(image_id), "category_id": int(labels[j]), "bbox": [float(v) for v in xywh[j]],
+                     "score": float(scores[j])}
+            if masks is not None:
+                entry["segmentation"] = mask_to_rle(masks[j])
+            results.append(entry)
+    return results
+
+
+def _run_cocoeval(gt: Any, results: list[dict[str, Any]], iou_type: str) -> tuple[list[float], np.ndarray]:
+    """Run COCOeval; return the 12 summary stats and the precision array ``(T, R, K, A, M)``."""
+    from pycocotools.cocoeval import COCOeval
+
+    with contextlib.redirect_stdout(io.StringIO()) as captured:
+        dt = gt.loadRes(results)
+        evaluator = COCOeval(gt, dt, iou_type)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    logger.debug("COCOeval %s:\n%s", iou_type, captured.getvalue())
+    return [float(v) for v in evaluator.stats], evaluator.eval["precision"]
+
+
+def coco_evaluate(
+    ground_truth: Mapping[str, Any],
+    results: Sequence[Mapping[str, Any]],
+    with_masks: bool = False,
+) -> DetectionEvalResult:
+    """COCO box (and mask) AP of detections against an in-memory ground truth.
+
+    Args:
+        ground_truth: COCO instances dict (``dataset.coco_ground_truth()``); annotation ids must be > 0.
+        results: COCO result entries (``predictions_to_coco``); may be empty (every AP is then 0).
+        with_masks: Also compute mask AP (ground truth and results need ``segmentation``).
+
+    Returns:
+        The AP numbers in percent and the per-class box AP50.
+
+    Raises:
+        ValueError: The ground truth has no (non-crowd) annotation, or a result names an unknown image.
+    """
+    annotations = ground_truth.get("annotations", [])
+    if not any(not a.get("iscrowd", 0) for a in annotations):
+        raise ValueError("ground truth has no (non-crowd) annotations: AP is undefined")
+    gt = _coco_from_dict(ground_truth)
+    unknown = {r["image_id"] for r in results} - set(gt.getImgIds())
+    if unknown:
+        raise ValueError(f"detections for image ids not in the ground truth: {sorted(unknown)[:10]}")
+    cat_ids = sorted(gt.getCatIds())
+    names = {c["id"]: c.get("name", str(c["id"])) for c in ground_truth["categories"]}
+    with_gt = {a["category_id"] for a in annotations if not a.get("iscrowd", 0)}
+    values: dict[str, Any] = {"num_images": len(gt.getImgIds()), "num_detections": len(results)}
+    keys = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+    iou_types = ("bbox", "segm") if with_masks else ("bbox",)
+    for iou_type in iou_types:
+        prefix = "box" if iou_type == "bbox" else "mask"
+        if not results:
+            values.update({f"{prefix}_{k}": 0.0 for k in keys})
+            if iou_type == "bbox":
+                values["per_class_AP50"] = {names[c]: 0.0 if c in with_gt else None for c in cat_ids}
+            continue
+        # Without "bbox", pycocotools takes the mask area for the small/medium/large split (as detectron2 does).
+        entries = [dict(r) for r in results] if iou_type == "bbox" else \
+            [{k: v for k, v in r.items() if k != "bbox"} for r in results]
+        stats, precision = _run_cocoeval(gt, entries, iou_type)
+        values.update({f"{prefix}_{k}": (100.0 * s if s >= 0 else None) for k, s in zip(keys, stats[:6])})
+        for k in ("AP", "AP50", "AP75"):
+            values[f"{prefix}_{k}"] = values[f"{prefix}_{k}"] or 0.0
+        if iou_type == "bbox":
+            per_class: dict[str, float | None] = {}
+            for k, cat_id in enumerate(cat_ids):
+                p = precision[0, :, k, 0, -1]  # IoU 0.5, all recalls, class k, all areas, 100 detections
+                p = p[p > -1]
+                per_class[names[cat_id]] = float(100.0 * p.mean()) if p.size and cat_id in with_gt else None
+            values["per_class_AP50"] = per_class
+    return DetectionEvalResult(**values)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+@torch.no_grad()
+def evaluate_detector(
+    model: nn.Module,
+    dataset: DetectionDataset,
+    device: torch.device | str = "cpu",
+    batch_size: int = 2,
+    num_workers: int = 0,
+    with_masks: bool | None = None,
+    progress: bool = True,
+) -> DetectionEvalResult:
+    """Run a detector over a dataset and compute COCO box (and mask) AP.
+
+    Under ``torch.distributed`` each process evaluates every ``world_size``-th image; detections are gathered and
+    scored on rank 0, and every rank returns the same result.
+
+    Args:
+        model: A detector from :func:`build_detector` (DDP-wrapped or not); put in eval mode here and restored.
+        dataset: An evaluation dataset (``training=False``).
+        device: Device to run on.
+        batch_size: Images per forward pass (per process).
+        num_workers: DataLoader workers.
+        with_masks: Evaluate masks; default: if the model is a Mask R-CNN.
+        progress: Show a tqdm bar (rank 0).
+
+    Returns:
+        The AP numbers.
+    """
+    net = _unwrap(model)
+    if with_masks is None:
+        with_masks = isinstance(net, MaskRCNN)
+    if with_masks and not dataset.has_masks:
+        raise ValueError(f"{type(dataset).__name__} has no masks to evaluate mask AP against")
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    indices = list(range(rank, len(dataset), world))
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers, collate_fn=detection_collate)
+    was_training = net.training
+    net.eval()
+    results: list[dict[str, Any]] = []
+    try:
+        for batch in tqdm(loader, desc="evaluate", disable=not progress or rank != 0, leave=False):
+            images = [image.to(device, non_blocking=True) for image in batch.images]
+            outputs = net(images)
+            results.extend(predictions_to_coco({t["image_id"]: o for t, o in zip(batch.targets, outputs)},
+                                               with_masks=with_masks))
+    finally:
+        net.train(was_training)
+    if distributed:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, results)
+        results = [r for part in gathered for r in part]
+    box: list[Any] = [None]
+    if rank == 0:
+        box[0] = coco_evaluate(dataset.coco_ground_truth(), results, with_masks=with_masks)
+    if distributed:
+        dist.broadcast_object_list(box, src=0)
+    return box[0]
