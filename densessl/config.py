@@ -116,6 +116,7 @@ class TrainConfig:
     progress: bool = True
     diagnostics_every: int = 0
     diagnostics_images: int = 32
+    diagnostics_size: int = 224
 
     def validate(self) -> None:
         if self.epochs < 1:
@@ -128,8 +129,8 @@ class TrainConfig:
             raise ValueError("log_every and checkpoint_every_epochs must be >= 1")
         if self.checkpoint_every_iters is not None and self.checkpoint_every_iters < 1:
             raise ValueError("checkpoint_every_iters: must be >= 1 or null")
-        if self.diagnostics_every < 0 or self.diagnostics_images < 1:
-            raise ValueError("diagnostics_every must be >= 0 (0 = off) and diagnostics_images >= 1")
+        if self.diagnostics_every < 0 or self.diagnostics_images < 1 or self.diagnostics_size < 32:
+            raise ValueError("diagnostics_every must be >= 0 (0 = off), diagnostics_images >= 1, diagnostics_size >= 32")
 
 
 @dataclass

@@ -347,7 +347,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
 
     def log_diagnostics() -> None:
         record = {"iteration": step, "epoch": step / steps_per_epoch,
-                  **dense_diagnostics(_unwrap(model).backbone, diagnostic_images, cfg.data.multicrop.global_size,
+                  **dense_diagnostics(_unwrap(model).backbone, diagnostic_images, cfg.train.diagnostics_size,
                                       device, seed=cfg.train.seed)}
         metrics_file.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
         metrics_file.flush()  # type: ignore[union-attr]

@@ -161,7 +161,8 @@ def test_accumulation_and_channels_last_run(tmp_path: Path) -> None:
 
 
 def test_diagnostics_are_logged_during_pretraining(tmp_path: Path) -> None:
-    cfg = load_config(TINY, ["train.max_iters=2", "train.diagnostics_every=2", "train.diagnostics_images=4"])
+    cfg = load_config(TINY, ["train.max_iters=2", "train.diagnostics_every=2", "train.diagnostics_images=4",
+                             "train.diagnostics_size=64"])
     train(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     diagnostics = [r for r in records if "match_precision" in r]
