@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from einops import rearrange
 from torch import Tensor, nn
 
@@ -69,6 +70,25 @@ class MLP(nn.Sequential):
         layers.append(nn.Linear(dims[-2], dims[-1], bias=False))
         super().__init__(*layers)
         self.out_dim = dims[-1]
+
+    def forward_groups(self, x: Tensor, groups: int) -> Tensor:
+        """Apply the MLP to ``groups`` stacked batches at once, with BatchNorm statistics per group.
+
+        Equal to running the MLP on each of the ``groups`` chunks of ``x`` separately (as the official code runs its
+        projector once per view), but each Linear layer reads its weights once for all chunks: on a CPU or with small
+        per-view batches the 8192-wide expander is bound by weight reads, so this is several times faster.
+
+        Shapes:
+            ``(groups * N, in_dim) -> (groups * N, out_dim)``, chunk ``g`` = rows ``g*N .. (g+1)*N - 1``.
+        """
+        if x.shape[0] % groups:
+            raise ValueError(f"{x.shape[0]} rows cannot be split into {groups} equal groups")
+        for layer in self:
+            if isinstance(layer, nn.BatchNorm1d) and layer.training and groups > 1:
+                x = torch.cat([layer(chunk) for chunk in x.chunk(groups)])
+            else:
+                x = layer(x)
+        return x
 
 
 class LocalProjector(nn.Module):

@@ -32,3 +32,16 @@ def test_specs_and_norms() -> None:
         parse_mlp_spec("512x512")
     with pytest.raises(ValueError, match="norm"):
         MLP(4, "4-4", norm="gn")
+
+
+def test_grouped_forward_equals_one_call_per_group() -> None:
+    torch.manual_seed(0)
+    mlp = MLP(6, "16-16-4", norm="bn")
+    x = torch.randn(3 * 5, 6)
+    reference = MLP(6, "16-16-4", norm="bn")
+    reference.load_state_dict(mlp.state_dict())
+    expected = torch.cat([reference(chunk) for chunk in x.chunk(3)])
+    torch.testing.assert_close(mlp.forward_groups(x, 3), expected)
+    torch.testing.assert_close(mlp[1].running_mean, reference[1].running_mean)  # updated once per group, as per view
+    with pytest.raises(ValueError, match="groups"):
+        mlp.forward_groups(torch.randn(7, 6), 3)

@@ -239,8 +239,9 @@ class VICReg(nn.Module):
     def forward(self, features: list[DenseFeatures], views: Views,
                 teacher_features: list[DenseFeatures] | None = None) -> dict[str, Tensor]:
         """Loss for one batch. ``features``: one ``DenseFeatures`` per view (see ``encode_views``)."""
-        # One projector call per view, as the official code does: BatchNorm statistics are per view.
-        embeddings = [self.projector(f.pooled) for f in features]
+        # BatchNorm statistics per view, as the official code (one projector call per view), one matmul for all views.
+        pooled = torch.cat([f.pooled for f in features])
+        embeddings = list(self.projector.forward_groups(pooled, len(features)).split(views.batch_size))
         out = self.criterion(embeddings, views.n_global)
         out.update(embedding_metrics(features[0].pooled, embeddings[0]))
         return out

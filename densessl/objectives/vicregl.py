@@ -329,7 +329,10 @@ class VICRegL(nn.Module):
         out: dict[str, Tensor] = {}
         loss = torch.zeros((), device=features[0].pooled.device)
         if self.projector is not None:
-            embeddings = [self.projector(f.pooled) for f in features]
+            # BatchNorm statistics per view (the official code calls the projector once per view); one matmul per
+            # layer for all views, which is what makes the 8192-wide expander cheap (see MLP.forward_groups).
+            pooled = torch.cat([f.pooled for f in features])
+            embeddings = list(self.projector.forward_groups(pooled, len(features)).split(views.batch_size))
             terms = self.global_criterion(embeddings, views.n_global)
             loss = loss + alpha * terms["loss"]
             out.update({f"{k}_global": v for k, v in terms.items() if k != "loss"})
