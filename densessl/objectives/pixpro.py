@@ -36,7 +36,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.coords import cell_centers, pairwise_distances
+from densessl.coords import bin_diagonal, cell_centers, pairwise_distances
 from densessl.data.collate import Views
 from densessl.objectives.momentum import cosine_momentum, frozen_copy
 
@@ -112,9 +112,7 @@ def positive_mask(boxes_a: Tensor, flipped_a: Tensor, boxes_b: Tensor, flipped_b
     """
     grid_a = cell_centers(boxes_a, flipped_a, *shape_a)
     grid_b = cell_centers(boxes_b, flipped_b, *shape_b)
-    diag_a = torch.hypot((boxes_a[:, 2] - boxes_a[:, 0]) / shape_a[1], (boxes_a[:, 3] - boxes_a[:, 1]) / shape_a[0])
-    diag_b = torch.hypot((boxes_b[:, 2] - boxes_b[:, 0]) / shape_b[1], (boxes_b[:, 3] - boxes_b[:, 1]) / shape_b[0])
-    scale = torch.maximum(diag_a, diag_b)[:, None, None]
+    scale = torch.maximum(bin_diagonal(boxes_a, *shape_a), bin_diagonal(boxes_b, *shape_b))[:, None, None]
     return (pairwise_distances(grid_a, grid_b) / scale < pos_ratio).float()
 
 

@@ -287,6 +287,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
         # Map-only objectives leave the backbone's pooling head (e.g. ConvNeXt's head norm) without gradients.
         model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                                     find_unused_parameters=not objective.uses_pooled)
+    pretrainer = _unwrap(model)  # the module itself, for state dicts, EMA and export
 
     # ---- data
     dataset = _build_dataset(cfg)
@@ -309,7 +310,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
     step = 0
     if resume:
         state = load_checkpoint(last_path)
-        _unwrap(model).load_state_dict(state["model"])
+        pretrainer.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
         step = int(state["iteration"])
@@ -321,7 +322,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
 
     def save(path: Path) -> None:
         if env.main:
-            atomic_save({"iteration": step, "epoch": step // steps_per_epoch, "model": _unwrap(model).state_dict(),
+            atomic_save({"iteration": step, "epoch": step // steps_per_epoch, "model": pretrainer.state_dict(),
                          "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": capture_rng(),
                          "loader_generator": loader_generator.get_state(), "config": to_dict(cfg),
                          "arch": cfg.model.arch, "densessl_version": 1}, path)
@@ -347,7 +348,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
 
     def log_diagnostics() -> None:
         record = {"iteration": step, "epoch": step / steps_per_epoch,
-                  **dense_diagnostics(_unwrap(model).backbone, diagnostic_images, cfg.train.diagnostics_size,
+                  **dense_diagnostics(pretrainer.backbone, diagnostic_images, cfg.train.diagnostics_size,
                                       device, seed=cfg.train.seed)}
         metrics_file.write(json.dumps(record) + "\n")  # type: ignore[union-attr]
         metrics_file.flush()  # type: ignore[union-attr]
@@ -411,8 +412,8 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-                if _unwrap(model).teacher_backbone is not None:
-                    _unwrap(model).update_teacher(_unwrap(model).objective.momentum_at(step, total_steps))
+                if pretrainer.teacher_backbone is not None:
+                    pretrainer.update_teacher(pretrainer.objective.momentum_at(step, total_steps))
                 step += 1
                 window_steps += 1
                 window_images += cfg.data.batch_size
@@ -466,7 +467,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
             logger.warning("skipped %d unreadable images (data.strict=true makes them fatal)", skipped_total)
         if not interrupted and env.main:
             backbone_path = run_dir / "backbone.pt"
-            export_backbone(_unwrap(model).backbone, backbone_path)
+            export_backbone(pretrainer.backbone, backbone_path)
             logger.info("done: %d iterations, last loss %.4f, backbone saved to %s", step, last_loss, backbone_path)
     finally:
         if log_handler is not None:
