@@ -115,6 +115,9 @@ def select_matches(z_src: Tensor, z_tgt: Tensor, src_index: Tensor, tgt_index: T
     return x, y
 
 
+MATCHING_TYPES = ("both", "location", "feature")
+
+
 class VICRegLLocalLoss(nn.Module):
     """The local VICRegL criterion over all (global, other) view pairs.
 
@@ -126,6 +129,9 @@ class VICRegLLocalLoss(nn.Module):
         topk_by_view_size: ``True`` (corrected): k by the source view's size; ``False`` (official): by direction.
         order: Order of kept cells (``"raster"`` as the reference).
         gather: Gather over ranks for variance/covariance.
+        matching: ``"both"`` (VICRegL), or one matching type alone for the paper's ablation: ``"location"``
+            (geometric only) or ``"feature"`` (learned only). A dropped type's term is simply absent (the kept type
+            keeps its weight), as in the paper's ablation; it is not rescaled.
     """
 
     def __init__(
@@ -139,8 +145,12 @@ class VICRegLLocalLoss(nn.Module):
         topk_by_view_size: bool = True,
         order: SelectionOrder = "raster",
         gather: bool = True,
+        matching: str = "both",
     ) -> None:
         super().__init__()
+        if matching not in MATCHING_TYPES:
+            raise ValueError(f"matching must be one of {MATCHING_TYPES}, got {matching!r}")
+        self.matching = matching
         self.inv_coeff, self.var_coeff, self.cov_coeff, self.eps = inv_coeff, var_coeff, cov_coeff, eps
         self.num_matches = tuple(num_matches)
         self.l2_all_matches = l2_all_matches
@@ -166,7 +176,9 @@ class VICRegLLocalLoss(nn.Module):
     def pair_matches(
         self, z_a: Tensor, z_b: Tensor, grid_a: Tensor, grid_b: Tensor, a_global: bool, b_global: bool
     ) -> list[tuple[Tensor, Tensor]]:
-        """The four matched sets of one view pair: feature a->b, feature b->a, location a->b, location b->a.
+        """The matched sets of one view pair: feature a->b, feature b->a, location a->b, location b->a.
+
+        With ``matching="feature"`` or ``"location"`` only that type's two sets are returned.
 
         Args:
             z_a: ``(B, N_a, D)`` projected maps of view a. z_b: ``(B, N_b, D)`` of view b.
@@ -174,19 +186,21 @@ class VICRegLLocalLoss(nn.Module):
             a_global: Whether view a is a global view. b_global: same for view b.
 
         Returns:
-            Four ``(X, Y)`` pairs of ``(B, k, D)`` matched embeddings (source cells first).
+            Four (or two, see ``matching``) ``(X, Y)`` pairs of ``(B, k, D)`` matched embeddings (source cells first).
         """
         k_ab, k_ba = self._ks(a_global, b_global)
+        plan = []
         with torch.no_grad():
-            feature_dist = torch.cdist(z_a.detach().float(), z_b.detach().float())  # (B, N_a, N_b)
-            location_dist = pairwise_distances(grid_a, grid_b)
-        feature_ks = (None, None) if self.l2_all_matches else (k_ab, k_ba)
-        plan = [
-            (z_a, z_b, feature_dist, feature_ks[0]),
-            (z_b, z_a, feature_dist.transpose(1, 2), feature_ks[1]),
-            (z_a, z_b, location_dist, k_ab),
-            (z_b, z_a, location_dist.transpose(1, 2), k_ba),
-        ]
+            if self.matching in ("both", "feature"):
+                feature_dist = torch.cdist(z_a.detach().float(), z_b.detach().float())  # (B, N_a, N_b)
+                feature_ks = (None, None) if self.l2_all_matches else (k_ab, k_ba)
+                plan += [
+                    (z_a, z_b, feature_dist, feature_ks[0]),
+                    (z_b, z_a, feature_dist.transpose(1, 2), feature_ks[1]),
+                ]
+            if self.matching in ("both", "location"):
+                location_dist = pairwise_distances(grid_a, grid_b)
+                plan += [(z_a, z_b, location_dist, k_ab), (z_b, z_a, location_dist.transpose(1, 2), k_ba)]
         return [select_matches(src, tgt, *match_indices(dist, k, self.order)) for src, tgt, dist, k in plan]
 
     def forward(self, embeddings: list[Tensor], grids: list[Tensor], n_global: int) -> dict[str, Tensor]:
@@ -241,6 +255,7 @@ class VICRegLConfig:
     preset: str = "corrected"
     selection_order: str = "raster"
     gather: bool = True
+    local_matching: str = "both"
 
     def validate(self) -> None:
         """Raise ``ValueError`` for impossible values."""
@@ -256,6 +271,8 @@ class VICRegLConfig:
             raise ValueError(f"preset must be 'official' or 'corrected', got {self.preset!r}")
         if self.selection_order not in ("raster", "distance"):
             raise ValueError(f"selection_order must be 'raster' or 'distance', got {self.selection_order!r}")
+        if self.local_matching not in MATCHING_TYPES:
+            raise ValueError(f"local_matching must be one of {MATCHING_TYPES}, got {self.local_matching!r}")
         if self.norm not in ("auto", "bn", "ln", "none"):
             raise ValueError(f"norm must be auto, bn, ln or none, got {self.norm!r}")
 
@@ -291,6 +308,7 @@ class VICRegL(nn.Module):
             topk_by_view_size=cfg.preset == "corrected",
             order=cfg.selection_order,  # type: ignore[arg-type]
             gather=cfg.gather,
+            matching=cfg.local_matching,
         )
 
     @property

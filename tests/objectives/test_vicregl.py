@@ -99,6 +99,19 @@ def test_local_loss_equals_reference(l2_all: bool) -> None:
         torch.testing.assert_close(out[name].double(), value.double(), rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_single_matching_types_sum_to_both() -> None:
+    """Geometric-only + learned-only (the paper's ablation) add up to VICRegL's local loss, term by term."""
+    maps, locs = _random_views(seed=3)
+    out = {m: VICRegLLocalLoss(num_matches=(5, 3), matching=m)(maps, locs, n_global=2) for m in ("both", "location", "feature")}
+    for name in ("inv", "var", "cov"):
+        torch.testing.assert_close(out["location"][name] + out["feature"][name], out["both"][name], msg=name)
+    assert out["location"]["inv"] != out["feature"]["inv"]
+    with pytest.raises(ValueError, match="matching"):
+        VICRegLLocalLoss(matching="geometric")
+    with pytest.raises(ValueError, match="local_matching"):
+        VICRegLConfig(local_matching="learned").validate()
+
+
 def test_global_loss_equals_reference_and_pair_count() -> None:
     g = torch.Generator().manual_seed(1)
     z = [torch.randn(8, 32, generator=g) for _ in range(8)]  # 2 global + 6 local views: 14 ordered pairs
