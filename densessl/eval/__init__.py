@@ -1,4 +1,4 @@
-"""Evaluation of frozen dense features: semantic-segmentation linear probe and Hummingbird-style kNN retrieval.
+"""Localization-sensitive evaluation: segmentation (linear probe, Hummingbird-style kNN, mmseg) and detection.
 
 Modules:
     * ``densessl.eval.metrics``: the one confusion-matrix / mIoU implementation every evaluator uses.
@@ -7,4 +7,6 @@ Modules:
     * ``densessl.eval.linear_seg``: the VICRegL linear probe (``run_linear_probe``).
     * ``densessl.eval.knn``: dense nearest-neighbour retrieval (``run_knn``).
     * ``densessl.eval.mmseg_plugin``: optional mmsegmentation integration (imports mmseg; not imported here).
+    * ``densessl.eval.detection``: torchvision Faster/Mask R-CNN on densessl backbones (FPN or ViTDet-style simple
+      pyramid), COCO box/mask AP through pycocotools (``build_detector``, ``evaluate_detector``).
 """
