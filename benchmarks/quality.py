@@ -6,8 +6,9 @@ the ResNet-18 synthetic recipe, then its frozen backbone is scored three ways on
 * ``linear``: linear-probe mIoU (``tools/eval_seg.py --protocol linear``, the demo's settings),
 * ``knn``: dense kNN retrieval mIoU (``--protocol knn``),
 * ``match``: label-free learned-match precision (``densessl.diagnostics.match_precision_over_dataset``) between two
-  global views of ``--match-images`` val images: the fraction of nearest-neighbour feature matches that land within
-  one cell of the geometrically corresponding cell.
+  global views of ``--match-images`` val images, as ``tools/visualize_matches.py --precision-images N
+  --scene-size 128`` computes it (no photometric augmentation, 128 px scenes as in training): the fraction of
+  nearest-neighbour feature matches that land within one cell of the geometrically corresponding cell, in percent.
 
 Variants (``--variants``; all VICRegL ones use ``configs/pretrain/vicregl_resnet18_synthetic.yaml``):
 
@@ -118,12 +119,16 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     from densessl.data.transforms import MultiCrop, MultiCropConfig
     from densessl.diagnostics import match_precision_over_dataset
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seed)  # the random init of this seed (as tools/eval_seg.py --weights random --seed SEED)
     backbone = DenseBackbone(ARCH, weights=weights)
-    scenes = SyntheticScenes(images, size=(128, 128), seed=1, split="val")
+    # Same protocol as tools/visualize_matches.py --precision-images N --scene-size 128: synthetic val scenes of
+    # seed 0, two global views per image without photometric augmentation, view seed 0 (the same views for every
+    # variant and seed).
+    scenes = SyntheticScenes(images, size=(128, 128), seed=0, split="val")
     pil = [scenes[i].image for i in range(len(scenes))]
-    crop = MultiCrop(MultiCropConfig(n_global=2, global_size=size, n_local=0))
-    result = match_precision_over_dataset(backbone, pil, crop, seed=seed)
+    config = MultiCropConfig(n_global=2, global_size=size, n_local=0)
+    config.jitter_p, config.grayscale_p, config.blur_p, config.solarize_p = 0.0, 0.0, (0.0, 0.0), (0.0, 0.0)
+    result = match_precision_over_dataset(backbone, pil, MultiCrop(config), seed=0, batch_size=8)
     out.write_text(json.dumps({"precision": 100 * result.precision, "chance": 100 * result.chance,
                                "num_valid": result.num_valid}))
     return 100 * result.precision

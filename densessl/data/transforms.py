@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter, ImageOps
@@ -188,6 +189,29 @@ def sample_crop(
     return (height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w
 
 
+def _hue_lut(hue_factor: float) -> list[int]:
+    """The uint8 hue-channel shift of torchvision's PIL ``adjust_hue`` as a 256-entry lookup table (wraps around)."""
+    shift = int(np.int32(hue_factor * 255).astype(np.uint8))
+    return [(value + shift) % 256 for value in range(256)]
+
+
+def adjust_hue_pil(image: Image.Image, hue_factor: float) -> Image.Image:
+    """torchvision's ``adjust_hue`` for RGB PIL images, pixel-identical, with the shift as one ``point`` lookup.
+
+    torchvision converts to HSV, shifts H through a numpy round trip and merges back; ``Image.point`` applies the same
+    modular uint8 shift in C, which saves the array copies.
+    """
+    if not -0.5 <= hue_factor <= 0.5:
+        raise ValueError(f"hue_factor ({hue_factor}) is not in [-0.5, 0.5]")
+    h, s, v = image.convert("HSV").split()
+    return Image.merge("HSV", (h.point(_hue_lut(hue_factor)), s, v)).convert("RGB")
+
+
+def grayscale_pil(image: Image.Image) -> Image.Image:
+    """torchvision's ``rgb_to_grayscale(num_output_channels=3)`` for PIL images, pixel-identical (L -> RGB in C)."""
+    return image.convert("L").convert("RGB")
+
+
 class MultiCrop:
     """Image -> ``CropViews`` with the VICRegL multi-crop recipe and exact crop geometry.
 
@@ -202,6 +226,11 @@ class MultiCrop:
         self.config = config or MultiCropConfig()
         self.config.validate()
         self._tv_interp, self._pil_interp = _INTERPOLATIONS[self.config.interpolation]
+        # uint8 -> normalized float in one pass: (x / 255 - mean) / std = x * scale + shift, per channel.
+        std = torch.tensor(self.config.std, dtype=torch.float32)
+        mean = torch.tensor(self.config.mean, dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std)).view(3, 1, 1)
+        self._shift = (-mean / std).view(3, 1, 1)
 
     def __call__(self, image: Image.Image | Tensor, generator: torch.Generator | None = None) -> CropViews:
         """Make all views of one image.
@@ -260,7 +289,10 @@ class MultiCrop:
         if _bernoulli(generator, cfg.jitter_p):
             crop = self._color_jitter(crop, generator)
         if _bernoulli(generator, cfg.grayscale_p):
-            crop = TF.rgb_to_grayscale(crop, num_output_channels=3)
+            if isinstance(crop, Image.Image):
+                crop = grayscale_pil(crop)
+            else:
+                crop = TF.rgb_to_grayscale(crop, num_output_channels=3)
         if _bernoulli(generator, cfg.blur_p[parity]):
             sigma = _uniform(generator, *cfg.blur_sigma)
             if isinstance(crop, Image.Image):
@@ -287,10 +319,14 @@ class MultiCrop:
             elif op == 2 and cfg.saturation > 0:
                 crop = TF.adjust_saturation(crop, factors[2])
             elif op == 3 and cfg.hue > 0:
-                crop = TF.adjust_hue(crop, factors[3])
+                if isinstance(crop, Image.Image):
+                    crop = adjust_hue_pil(crop, factors[3])
+                else:
+                    crop = TF.adjust_hue(crop, factors[3])
         return crop
 
     def _to_tensor(self, crop: Image.Image | Tensor) -> Tensor:
+        """Normalized float ``(3, S, S)``: ``(x / 255 - mean) / std`` for uint8 PIL crops (one fused pass)."""
         if isinstance(crop, Image.Image):
-            crop = TF.pil_to_tensor(crop).float().div_(255.0)
+            return torch.addcmul(self._shift, TF.pil_to_tensor(crop).float(), self._scale)
         return TF.normalize(crop, self.config.mean, self.config.std)

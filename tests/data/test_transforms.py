@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 
 from densessl.data.collate import collate_views
@@ -108,3 +109,18 @@ def test_collate_rejects_mismatched_samples() -> None:
         collate_views([a, b])
     with pytest.raises(ValueError, match="empty"):
         collate_views([])
+
+
+def test_fast_pil_photometrics_equal_torchvision() -> None:
+    """The LUT hue shift, the C grayscale and the fused normalization are pixel-identical to torchvision's."""
+    from densessl.data.transforms import adjust_hue_pil, grayscale_pil
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8), "RGB")
+    for hue in (-0.5, -0.1, -0.003, 0.0, 0.004, 0.07, 0.1, 0.5):
+        assert np.array_equal(np.asarray(adjust_hue_pil(image, hue)), np.asarray(TF.adjust_hue(image, hue))), hue
+    expected = np.asarray(TF.rgb_to_grayscale(image, num_output_channels=3))
+    assert np.array_equal(np.asarray(grayscale_pil(image)), expected)
+    config = MultiCropConfig()
+    reference = TF.normalize(TF.pil_to_tensor(image).float() / 255.0, config.mean, config.std)
+    torch.testing.assert_close(MultiCrop(config)._to_tensor(image), reference, atol=1e-5, rtol=0)
