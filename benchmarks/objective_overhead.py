@@ -325,7 +325,8 @@ def explain(results: dict[str, Any], loss: dict[str, Any], what_if: dict[str, An
         f"memory-bound passes over ~0.6 GB each of weights, gradients and momentum, independent of the batch, so "
         f"the ratio falls as the batch grows. (3) Even at perfect efficiency the matmul/conv FLOPs of the VICRegL "
         f"step are {what_if['flop_ratio']:.3f}x those of the backbone step (heads fwd+bwd on every view): the 1.10x "
-        f"target is below that floor in fp32 unless the heads run at a higher efficiency than the backbone's convolutions."
+        f"target is below that floor in fp32 unless the heads run at a higher efficiency than the backbone's "
+        f"convolutions."
     )
 
 
