@@ -40,6 +40,7 @@ __all__ = [
     "gather_center",
     "variance_loss",
     "covariance_loss",
+    "variance_covariance",
     "VICRegLoss",
     "VICRegConfig",
     "VICReg",
@@ -116,6 +117,41 @@ def covariance_loss(x: Tensor) -> Tensor:
     return (off_diagonal / dim).mean()
 
 
+def variance_covariance(x: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """``(variance_loss(x, eps), covariance_loss(x))`` for **centred** ``x``, sharing one second-moment pass.
+
+    For centred samples the unbiased variance is ``Σ_n x² / (N - 1)``, which is also the covariance diagonal the Gram
+    form subtracts; computing it once replaces ``Tensor.var`` (a slow strided Welford reduction over dim 0 on CPU) and
+    the second square-sum. Same values as the two functions up to float rounding.
+
+    Args:
+        x: ``(N, D)`` or ``(N, S, D)``, centred over dim 0 (``gather_center``).
+        eps: Variance epsilon.
+
+    Returns:
+        Two scalars: the variance hinge and the covariance term, both averaged over slots.
+    """
+    if x.dim() == 2:
+        x = x[:, None, :]
+    if x.dim() != 3:
+        raise ValueError(f"variance_covariance expects (N, D) or (N, S, D), got shape {tuple(x.shape)}")
+    num, _, dim = x.shape
+    if num < 2:
+        raise ValueError(f"variance/covariance need at least 2 samples on dim 0, got shape {tuple(x.shape)}")
+    x = x.float()
+    second = x.square().sum(dim=0) / (num - 1)  # (S, D): per-slot variances = covariance diagonals
+    var = F.relu(1.0 - torch.sqrt(second + eps)).mean()
+    slots = rearrange(x, "n s d -> s n d")
+    if num < dim:
+        gram = torch.bmm(slots, slots.transpose(1, 2))  # (S, N, N); ‖XᵀX‖²_F = ‖XXᵀ‖²_F
+        total = gram.square().sum(dim=(1, 2)) / (num - 1) ** 2
+    else:
+        cov = torch.bmm(slots.transpose(1, 2), slots) / (num - 1)  # (S, D, D)
+        total = cov.square().sum(dim=(1, 2))
+    off_diagonal = total - second.square().sum(dim=1)
+    return var, (off_diagonal / dim).mean()
+
+
 @torch.no_grad()
 def embedding_metrics(representation: Tensor, embedding: Tensor) -> dict[str, Tensor]:
     """Collapse monitors of the official code for the first view: mean per-dimension std of the L2-normalized
@@ -177,8 +213,7 @@ class VICRegLoss(nn.Module):
         inv = torch.stack([invariance_loss(embeddings[i], embeddings[j]) for i, j in pairs]).mean()
         # Views side by side as slots: per-slot statistics averaged over slots = per-view statistics averaged over views.
         centred = gather_center(torch.stack(embeddings, dim=1), self.gather)  # (N, V, D)
-        var = variance_loss(centred, self.eps)
-        cov = covariance_loss(centred)
+        var, cov = variance_covariance(centred, self.eps)
         inv, var, cov = self.inv_coeff * inv, self.var_coeff * var, self.cov_coeff * cov
         return {"loss": inv + var + cov, "inv": inv, "var": var, "cov": cov}
 

@@ -60,12 +60,11 @@ from densessl.data.collate import Views
 from densessl.heads import MLP, LocalProjector
 from densessl.objectives.vicreg import (
     VICRegLoss,
-    covariance_loss,
     embedding_metrics,
     gather_center,
     invariance_loss,
     resolve_norm,
-    variance_loss,
+    variance_covariance,
 )
 
 __all__ = ["match_indices", "select_matches", "VICRegLLocalLoss", "VICRegLConfig", "VICRegL"]
@@ -161,9 +160,9 @@ class VICRegLLocalLoss(nn.Module):
     def _vicreg(self, x: Tensor, y: Tensor) -> Tensor:
         """``(3,)`` tensor of weighted (inv, var, cov) for matched ``x, y (B, k, D)``, statistics per slot."""
         inv = invariance_loss(x, y)
-        x, y = gather_center(x, self.gather), gather_center(y, self.gather)
-        var = variance_loss(x, self.eps) / 2 + variance_loss(y, self.eps) / 2
-        cov = covariance_loss(x) / 2 + covariance_loss(y) / 2
+        var_x, cov_x = variance_covariance(gather_center(x, self.gather), self.eps)
+        var_y, cov_y = variance_covariance(gather_center(y, self.gather), self.eps)
+        var, cov = var_x / 2 + var_y / 2, cov_x / 2 + cov_y / 2
         return torch.stack([self.inv_coeff * inv, self.var_coeff * var, self.cov_coeff * cov])
 
     def _ks(self, a_global: bool, b_global: bool) -> tuple[int, int]:

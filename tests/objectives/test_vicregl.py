@@ -8,7 +8,14 @@ import torch.nn.functional as F
 
 from densessl.backbones import DenseFeatures
 from densessl.data.collate import Views
-from densessl.objectives.vicreg import VICReg, VICRegConfig, VICRegLoss, covariance_loss, variance_loss
+from densessl.objectives.vicreg import (
+    VICReg,
+    VICRegConfig,
+    VICRegLoss,
+    covariance_loss,
+    variance_covariance,
+    variance_loss,
+)
 from densessl.objectives.vicregl import VICRegL, VICRegLConfig, VICRegLLocalLoss, match_indices
 
 # ---------------------------------------------------------------- a literal, slow reference written from the spec
@@ -134,6 +141,15 @@ def test_gram_and_direct_covariance_agree() -> None:
     y = y - y.mean(0)
     c = y.T @ y / 59
     torch.testing.assert_close(covariance_loss(y), ((c - torch.diag(torch.diag(c))) ** 2).sum() / 10)
+
+
+@pytest.mark.parametrize("shape", [(20, 3, 50), (60, 10), (16, 40, 8)])
+def test_shared_moment_variance_covariance_equals_the_separate_terms(shape: tuple[int, ...]) -> None:
+    x = torch.randn(*shape) * 0.7
+    x = x - x.mean(0)
+    var, cov = variance_covariance(x, eps=1e-4)
+    torch.testing.assert_close(var, variance_loss(x, 1e-4), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(cov, covariance_loss(x), rtol=1e-5, atol=1e-6)
 
 
 def test_variance_hinge_values() -> None:
