@@ -97,24 +97,7 @@ def covariance_loss(x: Tensor) -> Tensor:
     Returns:
         Scalar ``mean_s Σ_{a != b} C_s[a, b]² / D`` with ``C_s = x_sᵀ x_s / (N - 1)``.
     """
-    if x.dim() == 2:
-        x = x[:, None, :]
-    if x.dim() != 3:
-        raise ValueError(f"covariance_loss expects (N, D) or (N, S, D), got shape {tuple(x.shape)}")
-    num, _, dim = x.shape
-    if num < 2:
-        raise ValueError(f"covariance needs at least 2 samples on dim 0, got shape {tuple(x.shape)}")
-    x = rearrange(x.float(), "n s d -> s n d")
-    diag = x.pow(2).sum(dim=1) / (num - 1)  # (S, D): C_dd
-    if num < dim:
-        # ‖XᵀX‖²_F = ‖XXᵀ‖²_F: an N x N Gram matrix instead of the D x D covariance.
-        gram = torch.einsum("snd,smd->snm", x, x)
-        total = gram.pow(2).sum(dim=(1, 2)) / (num - 1) ** 2
-    else:
-        cov = torch.einsum("snd,sne->sde", x, x) / (num - 1)
-        total = cov.pow(2).sum(dim=(1, 2))
-    off_diagonal = total - diag.pow(2).sum(dim=1)
-    return (off_diagonal / dim).mean()
+    return variance_covariance(x)[1]
 
 
 def variance_covariance(x: Tensor, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
