@@ -64,7 +64,7 @@ from densessl.eval.detection import (
     build_detector,
     evaluate_detector,
 )
-from densessl.train.checkpoint import atomic_save, capture_rng, restore_rng
+from densessl.train.checkpoint import atomic_save, capture_rng, last_checkpoint_path, load_checkpoint, restore_rng
 
 logger = logging.getLogger("densessl")
 
@@ -412,11 +412,7 @@ def finetune(cfg: DetConfig, output_dir: str | os.PathLike, resume: bool = False
     if cfg.train.batch_size % world:
         raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by the {world} processes")
     output_dir = Path(output_dir)
-    last_path = output_dir / "checkpoints" / "last.pt"
-    if resume and not last_path.is_file():
-        raise FileNotFoundError(f"--resume: no checkpoint at {str(last_path)!r}")
-    if not resume and last_path.exists():
-        raise FileExistsError(f"{str(output_dir)!r} already holds a run; pass --resume or pick another --output-dir")
+    last_path = last_checkpoint_path(output_dir, resume)
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, output_dir / "config.yaml")
@@ -451,8 +447,8 @@ def finetune(cfg: DetConfig, output_dir: str | os.PathLike, resume: bool = False
 
     start = 0
     if resume:
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
-        if not isinstance(state, dict) or state.get("format") != "densessl-detection":
+        state = load_checkpoint(last_path)  # clear errors for a damaged or foreign file
+        if state.get("format") != "densessl-detection":
             raise ValueError(f"{str(last_path)!r} is not a densessl detection checkpoint")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])

@@ -17,7 +17,27 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_save", "load_checkpoint", "capture_rng", "restore_rng"]
+__all__ = ["atomic_save", "load_checkpoint", "capture_rng", "restore_rng", "last_checkpoint_path"]
+
+
+def last_checkpoint_path(run_dir: str | os.PathLike, resume: bool) -> Path:
+    """``<run_dir>/checkpoints/last.pt``, after checking it agrees with ``resume``.
+
+    The run-directory contract of every training tool: ``--resume`` needs that checkpoint; without ``--resume`` a
+    directory that already holds one is refused, so a finished or interrupted run is never overwritten.
+
+    Raises:
+        FileNotFoundError: ``resume`` is True and there is no checkpoint.
+        FileExistsError: ``resume`` is False and the directory already holds a run.
+    """
+    run_dir = Path(run_dir)
+    last_path = run_dir / "checkpoints" / "last.pt"
+    if resume and not last_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint at {str(last_path)!r}")
+    if not resume and last_path.exists():
+        raise FileExistsError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or pick another "
+                              "output directory")
+    return last_path
 
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:

@@ -42,7 +42,7 @@ from densessl.data.transforms import MultiCrop, MultiCropConfig
 from densessl.diagnostics import collapse_summary, match_precision_over_dataset
 from densessl.objectives import OBJECTIVES
 from densessl.objectives.momentum import ema_update, frozen_copy
-from densessl.train.checkpoint import atomic_save, capture_rng, load_checkpoint, restore_rng
+from densessl.train.checkpoint import atomic_save, capture_rng, last_checkpoint_path, load_checkpoint, restore_rng
 from densessl.train.dist import all_reduce_mean
 from densessl.train.optim import build_optimizer, lr_at
 
@@ -244,11 +244,7 @@ def train(cfg: Config, run_dir: str | os.PathLike, resume: bool = False) -> Trai
     device = _resolve_device(cfg.train.device, env.local_rank)
     amp_dtype = _resolve_precision(cfg.train.precision, device)
     run_dir = Path(run_dir)
-    last_path = run_dir / "checkpoints" / "last.pt"
-    if resume and not last_path.exists():
-        raise FileNotFoundError(f"--resume: no checkpoint at {str(last_path)!r}")
-    if not resume and last_path.exists():
-        raise FileExistsError(f"{str(run_dir)!r} already holds a run; pass --resume to continue it or pick a new dir")
+    last_path = last_checkpoint_path(run_dir, resume)
     log_handler = None
     if env.main:
         run_dir.mkdir(parents=True, exist_ok=True)
