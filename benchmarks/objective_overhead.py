@@ -1,7 +1,7 @@
 """Objective overhead: a full training step per objective vs the backbone's own step on the same crops.
 
 For each backbone (default ``resnet50``) and objective (vicregl, vicreg, densecl, pixpro) this times one **full
-training step** exactly as ``densessl.train.loop`` runs it on the CPU in fp32 -- student ``encode_views``, the EMA
+training step** exactly as ``densessl.train.pretrain`` runs it on the CPU in fp32 -- student ``encode_views``, the EMA
 teacher's ``encode_views`` under ``no_grad`` (DenseCL/PixPro), the objective's forward, ``backward``, the optimizer step
 (``build_optimizer`` with the default ``OptimConfig``: LARS), ``zero_grad(set_to_none=True)`` and the teacher EMA update
 -- against the **same backbone alone** doing forward + backward + the same optimizer step with a trivial loss (the sum

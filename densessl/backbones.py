@@ -1,7 +1,9 @@
 """Dense backbones: any timm model with ``forward_intermediates`` -> dense maps + pooled vector.
 
 ``DenseBackbone`` wraps ``timm.create_model(name, pretrained=False)``: it never downloads. Weights come from a local
-file (a timm ``state_dict``, such as the ``backbone.pt`` that ``tools/train.py`` exports) or stay random.
+file (any file ``densessl.weights.read_backbone_weights`` reads: the ``backbone.safetensors``/``backbone.pt`` that
+pretraining exports, a timm state dict, a training checkpoint) or stay random. Without an ``arch``, the architecture
+is the one the weights file states.
 
 * ConvNets (ResNets, ConvNeXts, ...): ``maps`` are the stage outputs picked by ``levels`` (indices into timm's
   ``feature_info``); ``pooled`` is timm's pre-logits head (global average pooling, plus ConvNeXt's head norm).
@@ -17,10 +19,13 @@ normalized (set ``norm_maps`` to apply timm's ``norm`` argument where the model 
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import timm
 import torch
@@ -28,8 +33,9 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.data.collate import Views
+from densessl.weights import BackboneWeights, load_backbone_weights, read_backbone_weights
 
-__all__ = ["DenseFeatures", "DenseBackbone", "encode_views", "load_backbone_weights"]
+__all__ = ["DenseBackbone", "DenseFeatures", "encode_views", "load_backbone_weights"]
 
 logger = logging.getLogger("densessl")
 
@@ -61,54 +67,27 @@ def _create_timm_model(arch: str, kwargs: dict[str, Any]) -> tuple[nn.Module, bo
     return timm.create_model(arch, **kwargs), False
 
 
-def load_backbone_weights(model: nn.Module, path: str | os.PathLike) -> None:
-    """Load a local weights file into a timm model, strictly, skipping only classifier-head keys.
-
-    Accepts a plain ``state_dict`` or a dict holding one under ``"state_dict"``, ``"model"`` or ``"backbone"``.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: The file is not a state dict, or its keys/shapes do not fit the model (the message lists them).
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"backbone weights file not found: {path!r}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt files
-        raise ValueError(f"cannot load weights file {path!r}: {type(error).__name__}: {error}") from error
-    for key in ("backbone", "state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-            break
-    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path!r} does not hold a state_dict of tensors")
-    own = model.state_dict()
-    # Files saved from a model with a classifier carry its weights; our backbones are built with num_classes=0.
-    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "fc"
-    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-    state = {k: v for k, v in state.items() if k in own or not k.startswith(tuple(f"{c}." for c in classifiers))}
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
-    if missing or unexpected or mismatched:
-        raise ValueError(
-            f"weights file {path!r} does not fit {type(model).__name__}: "
-            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
-            f"{len(mismatched)} shape mismatches {mismatched[:5]}. Check --arch matches the weights."
-        )
-    model.load_state_dict(state, strict=True)
+def _unknown_arch_message(arch: str) -> str:
+    """``unknown timm architecture 'resnt18'; did you mean: resnet18, ...?`` (close names by spelling, else prefix)."""
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+    if not close:
+        prefix = re.split(r"[\d_]", arch, maxsplit=1)[0]
+        close = [name for name in names if prefix and name.startswith(prefix)][:5]
+    hint = f"did you mean: {', '.join(close)}?" if close else "see timm.list_models() for the names"
+    return f"unknown timm architecture {arch!r}; {hint}"
 
 
 class DenseBackbone(nn.Module):
     """A timm model returning ``DenseFeatures``.
 
     Args:
-        arch: timm model name (e.g. ``resnet18``, ``convnext_tiny``, ``vit_small_patch16_224``).
+        arch: timm model name (e.g. ``resnet18``, ``convnext_tiny``, ``vit_small_patch16_224``). ``None`` takes the
+            architecture the ``weights`` file states (an error if it states none).
         levels: Indices into the model's ``feature_info`` of the maps to return; negative counts from the end.
             The default ``(-1,)`` is the last stage (stride 32 for ConvNets, the last block for ViTs).
-        weights: Optional local timm ``state_dict`` file. Never downloads.
+        weights: Optional local weights file (see ``densessl.weights.read_backbone_weights``), or weights already
+            read with it. Never downloads. Loaded strictly; classifier-head keys are skipped.
         norm_maps: Apply the model's final norm to the intermediate maps (timm's ``norm=True``). ``None`` means
             ``True`` for ViTs and ``False`` for ConvNets.
         model_kwargs: Extra keyword arguments for ``timm.create_model`` (e.g. ``drop_path_rate``, ``global_pool``).
@@ -116,16 +95,25 @@ class DenseBackbone(nn.Module):
 
     def __init__(
         self,
-        arch: str,
+        arch: str | None = None,
         levels: Sequence[int] = (-1,),
-        weights: str | os.PathLike | None = None,
+        weights: str | os.PathLike | BackboneWeights | None = None,
         norm_maps: bool | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        read = None
+        if weights is not None:
+            read = weights if isinstance(weights, BackboneWeights) else read_backbone_weights(weights)
+        if arch is None:
+            if read is None:
+                raise ValueError("DenseBackbone needs arch (a timm model name) when no weights file is given")
+            if read.arch is None:
+                raise ValueError(f"weights file {str(read.path)!r} ({read.source}) states no architecture; pass --arch "
+                                 "(the timm model name it was trained with, e.g. resnet50)")
+            arch = read.arch
         if not timm.is_model(arch):
-            close = timm.list_models(f"*{arch.split('_')[0]}*")[:8]
-            raise ValueError(f"unknown timm architecture {arch!r}; similar names: {close}")
+            raise ValueError(_unknown_arch_message(arch))
         kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, **(model_kwargs or {})}
         self.arch = arch
         self.model, self.is_vit = _create_timm_model(arch, kwargs)
@@ -139,8 +127,8 @@ class DenseBackbone(nn.Module):
         self.strides = [int(info[level]["reduction"]) for level in self.levels]
         self.num_features = int(self.model.num_features)
         self.norm_maps = self.is_vit if norm_maps is None else norm_maps
-        if weights is not None:
-            load_backbone_weights(self.model, weights)
+        if read is not None:
+            load_backbone_weights(self.model, read)
 
     def forward(self, images: Tensor) -> DenseFeatures:
         """Compute dense maps and the pooled vector.

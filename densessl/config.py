@@ -112,7 +112,7 @@ class TrainConfig:
     checkpoint_every_epochs: int = 1
     checkpoint_every_iters: int | None = None
     keep_every_epochs: int | None = None
-    tensorboard: bool = True
+    tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard (the tensorboard extra)
     progress: bool = True
     diagnostics_every: int = 0
     diagnostics_images: int = 32

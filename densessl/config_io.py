@@ -41,13 +41,14 @@ import enum
 import functools
 import os
 import re
-import tempfile
 import types
 import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, TypeVar, Union
 
 import yaml
+
+from densessl.atomic import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -88,7 +89,22 @@ _SCI_FLOAT_RE = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
 
 
 class _Loader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float."""
+    """``yaml.SafeLoader`` that also reads ``1e-3`` as a float and refuses duplicate keys in a mapping.
+
+    Plain YAML keeps the last of two equal keys, so a second ``optim:`` block would silently drop the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first defined on line {seen[key]}); merge the two entries",
+                    key_node.start_mark)
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
 
 
 class _Dumper(yaml.SafeDumper):
@@ -586,6 +602,25 @@ def parse_dotlist(items: Sequence[str]) -> dict[str, Any]:
     return result
 
 
+SHIPPED_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+"""The configs installed with the package (``densessl/configs``; the checkout's top-level ``configs`` links to it)."""
+
+
+def resolve_config_path(path: str | os.PathLike[str]) -> str:
+    """An existing file as given, else the config of that name shipped with densessl.
+
+    ``configs/pretrain/x.yaml`` and ``pretrain/x.yaml`` both find ``<site-packages>/densessl/configs/pretrain/x.yaml``
+    when no such file exists relative to the working directory, so the console commands work outside a checkout.
+    A path that matches nothing is returned unchanged (the caller reports it as missing).
+    """
+    path = os.fspath(path)
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    relative = path[len("configs/"):] if path.startswith("configs/") else path
+    shipped = os.path.join(SHIPPED_CONFIGS, relative)
+    return shipped if os.path.isfile(shipped) else path
+
+
 def _load_yaml_file(path: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
     """Read a YAML config file, resolving ``_base_`` recursively.
 
@@ -606,7 +641,8 @@ def _load_yaml_file(path: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: _base_ inclusion cycle: {cycle}")
     if not os.path.isfile(path):
         included_by = f" (in _base_ of {chain[-1]})" if chain else ""
-        raise ConfigError(f"{path}: config file not found{included_by}")
+        shipped = "" if chain or os.path.isabs(path) else f"; the configs shipped with densessl are in {SHIPPED_CONFIGS}"
+        raise ConfigError(f"{path}: config file not found{included_by}{shipped}")
     with open(path, encoding="utf-8") as stream:
         text = stream.read()
     try:
@@ -659,7 +695,7 @@ def load_config(
         ConfigError: For any problem with the file, the overrides or the values;
             the message names the file or the dotted key.
     """
-    data = _load_yaml_file(os.fspath(path)) if path is not None else {}
+    data = _load_yaml_file(resolve_config_path(path)) if path is not None else {}
     cfg = from_dict(cls, data)
     if overrides:
         cfg = merge(cfg, parse_dotlist(overrides))
@@ -722,9 +758,8 @@ def _to_plain(value: Any, key: str) -> Any:
 def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:
     """Write ``cfg`` as YAML (keys in field order), atomically.
 
-    The YAML is written to a temporary file in the same directory, then moved
-    into place with ``os.replace``, so readers never see a partial file. Parent
-    directories are created as needed.
+    Written with ``densessl.atomic.atomic_write_text``: readers never see a
+    partial file. Parent directories are created as needed.
 
     Args:
         cfg: The config (a dataclass instance or a mapping).
@@ -737,18 +772,4 @@ def save_config(cfg: Any, path: str | os.PathLike[str]) -> None:
         default_flow_style=False,
         allow_unicode=True,
     )
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise
+    atomic_write_text(path, text)

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Build the mmcv 2.1.0 wheel (full, with compiled CPU ops) once per machine and keep it in a wheel cache.
+# OPTIONAL: build the full mmcv 2.1.0 wheel (with compiled CPU ops) once per machine and keep it in a wheel cache.
 #
-# mmsegmentation 1.2.2 needs the full mmcv (it imports mmcv.ops) and asserts mmcv < 2.2.0, and PyPI has no mmcv
-# 2.1.0 wheel for this project's torch, so it is built from the sdist. Two things stop a plain `pip install`:
+# densessl does not need it: its mmseg extra runs mmsegmentation 1.2.2 on mmcv-lite with a pure-Python stand-in for
+# mmcv.ops (densessl/eval/mmcv_ops_standin.py), which covers densessl's linear, FCN and UPerNet heads. Build this
+# only for mmseg models that call compiled ops (PSA, CCNet, deformable convolutions, ...); they say so when built.
+# PyPI has no mmcv 2.1.0 wheel for this project's torch, so it is built from the sdist. Two things stop a plain
+# `pip install`:
 #   1. mmcv's setup.py imports pkg_resources, which needs setuptools < 70 (and no build isolation, because the
 #      build imports torch);
 #   2. its setup.py passes -std=c++14/-std=c++17 while torch 2.14's headers need C++20; compiler wrappers (first on
@@ -13,8 +16,9 @@
 # The compiled ops are tied to the torch build, so the wheel is cached per torch version and Python:
 #   $DENSESSL_WHEEL_CACHE/torch-<torch version>-<python tag>/mmcv-2.1.0-*.whl
 #
-# Usage: bash scripts/build_mmcv.sh   (no-op when the wheel is cached; ~10 min on 2 cores when it is not)
-# Prints progress on stderr and the wheel's path, alone, on stdout.
+# Usage: bash scripts/build_mmcv.sh [--install]   (no-op when the wheel is cached; ~10 min on 2 cores when it is not)
+# Prints progress on stderr and the wheel's path, alone, on stdout. --install then replaces mmcv-lite in $VENV by it
+# (mmcv-lite and mmcv share the `mmcv` folder, so the lite one is uninstalled first).
 # Environment: DENSESSL_WHEEL_CACHE  cache folder (default: $HOME/.cache/densessl/wheels)
 #              VENV                  project virtual environment with torch (default: .venv)
 #              MAX_JOBS              parallel compile jobs (default: number of cores)
@@ -23,6 +27,8 @@ cd "$(dirname "$0")/.."
 
 MMCV_VERSION=2.1.0
 VENV="${VENV:-.venv}"
+INSTALL=0
+[ "${1:-}" = "--install" ] && INSTALL=1
 log() { echo "[build_mmcv] $*" >&2; }
 fail() { echo "[build_mmcv] error: $*" >&2; exit 1; }
 
@@ -39,9 +45,17 @@ if ! flock -n 9; then
     log "another mmcv build is running for $CACHE; waiting for it"
     flock 9
 fi
+install_wheel() {
+    [ "$INSTALL" = 1 ] || return 0
+    log "installing $1 into $VENV (replacing mmcv-lite)"
+    "$VENV/bin/python" -m pip uninstall -q -y mmcv-lite >&2 || true
+    "$VENV/bin/python" -m pip install -q --force-reinstall --no-deps "$1" >&2
+    "$VENV/bin/python" -c "import mmcv._ext" || fail "the installed mmcv cannot load its compiled ops"
+}
 existing=("$CACHE"/mmcv-"$MMCV_VERSION"-*.whl)
 if [ "${#existing[@]}" -gt 0 ]; then
     log "using cached ${existing[0]}"
+    install_wheel "${existing[0]}"
     echo "${existing[0]}"
     exit 0
 fi
@@ -102,4 +116,5 @@ name="$(basename "${built[0]}")"
 cp "${built[0]}" "$CACHE/.$name.partial"
 mv "$CACHE/.$name.partial" "$CACHE/$name"
 log "built $CACHE/$name ($(du -h "$CACHE/$name" | cut -f1)) in $(( $(date +%s) - start )) s"
+install_wheel "$CACHE/$name"
 echo "$CACHE/$name"

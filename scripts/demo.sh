@@ -5,7 +5,7 @@
 # Environment: DEMO_RUN (run dir, default runs/demo), DEMO_EVAL_SIZE (eval input size, default 224).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh demo
 PY=.venv/bin/python
 CONFIG=configs/pretrain/vicregl_resnet18_synthetic.yaml
 RUN="${DEMO_RUN:-runs/demo}"

@@ -52,7 +52,7 @@ def test_bad_weights_and_arch_raise(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="not found"):
         DenseBackbone("resnet18", weights=tmp_path / "nope.pt")
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    with pytest.raises(ValueError, match="cannot load"):
+    with pytest.raises(ValueError, match="is not a torch or safetensors weights file"):
         DenseBackbone("resnet18", weights=tmp_path / "junk.pt")
     with pytest.raises(ValueError, match="unknown timm architecture"):
         DenseBackbone("resnet_does_not_exist")
@@ -60,6 +60,40 @@ def test_bad_weights_and_arch_raise(tmp_path: Path) -> None:
         DenseBackbone("resnet18", levels=(7,))
     with pytest.raises(ValueError, match="images must be"):
         DenseBackbone("resnet18")(torch.randn(3, 32, 32))
+
+
+@pytest.mark.parametrize(("arch", "suggested"), [
+    ("resnt18", "resnet18"),
+    ("resnet181", "resnet18"),
+    ("convnext_tinyy", "convnext_tiny"),
+    ("vitt_tiny_patch16_224", "vit_tiny_patch16_224"),
+])
+def test_misspelt_arch_suggests_close_timm_names(arch: str, suggested: str) -> None:
+    with pytest.raises(ValueError, match=rf"unknown timm architecture '{arch}'; did you mean: .*\b{suggested}\b"):
+        DenseBackbone(arch)
+    with pytest.raises(ValueError, match="unknown timm architecture 'zzqqxx'; see timm.list_models"):
+        DenseBackbone("zzqqxx")
+
+
+def test_arch_from_the_weights_file(tmp_path: Path) -> None:
+    from densessl.weights import read_backbone_weights, save_backbone
+
+    source = DenseBackbone("resnet18", levels=(-2, -1))
+    exported = save_backbone(source.model, tmp_path / "run", "resnet18", {"model": {"arch": "resnet18"}})
+    for path in (exported.safetensors, exported.pt):  # backbone.pt: the arch comes from backbone.json
+        backbone = DenseBackbone(weights=path, levels=(-2, -1))
+        assert backbone.arch == "resnet18" and backbone.channels == [256, 512]
+        torch.testing.assert_close(backbone.model.conv1.weight, source.model.conv1.weight)
+    read = read_backbone_weights(exported.safetensors)  # already read weights are accepted too
+    assert DenseBackbone(weights=read).arch == "resnet18"
+    with pytest.raises(ValueError, match=r"weights are for 'resnet18' \(from backbone.safetensors metadata\) but the "
+                                         r"model is 'resnet34'"):
+        DenseBackbone("resnet34", weights=exported.safetensors)
+    torch.save(source.model.state_dict(), tmp_path / "plain.pt")  # a timm state dict states no architecture
+    with pytest.raises(ValueError, match=r"plain.pt' \(timm state dict\) states no architecture; pass --arch"):
+        DenseBackbone(weights=tmp_path / "plain.pt")
+    with pytest.raises(ValueError, match="needs arch"):
+        DenseBackbone()
 
 
 def test_encode_views_matches_per_view_forward() -> None:

@@ -443,3 +443,9 @@ def test_top_level_not_a_mapping(tmp_path: Path) -> None:
     path = write(tmp_path / "list.yaml", "- a\n- b\n")
     with pytest.raises(ConfigError, match=r"list\.yaml: top level of a config file must be a mapping, got list"):
         load_config(ExpCfg, path)
+
+
+def test_duplicate_keys_are_an_error_naming_both_lines(tmp_path: Path) -> None:
+    path = write(tmp_path / "dup.yaml", "seed: 1\noptim:\n  lr: 0.1\nseed: 2\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml:4:1: .*duplicate key 'seed' \(first defined on line 1\)"):
+        load_config(ExpCfg, path)

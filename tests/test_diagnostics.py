@@ -230,7 +230,7 @@ def test_per_dim_std_and_collapse_summary() -> None:
 def test_core_modules_do_not_import_matplotlib() -> None:
     code = (
         "import sys, densessl, densessl.diagnostics, densessl.viz, densessl.backbones, densessl.coords\n"
-        "import densessl.objectives, densessl.train.loop\n"
+        "import densessl.objectives, densessl.train.pretrain\n"
         "assert 'matplotlib' not in sys.modules, sorted(m for m in sys.modules if 'matplotlib' in m)[:3]\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

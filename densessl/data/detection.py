@@ -18,7 +18,7 @@ Every dataset returns ``(image, target)`` in the format torchvision's detection 
   - ``image_id``: int, the id the ground truth of ``coco_ground_truth()`` uses for this image.
 
 ``coco_ground_truth()`` returns the whole split as an in-memory COCO instances dict (category ids = the contiguous
-labels), which ``densessl.eval.detection`` hands to pycocotools for box and mask AP.
+labels), which ``densessl.eval.coco_eval`` hands to pycocotools for box and mask AP.
 
 Malformed annotations raise :class:`AnnotationError` at construction, naming the file and the entry (annotation id,
 image id or XML element). pycocotools (the ``det`` extra) is needed for masks and evaluation only.
@@ -45,9 +45,9 @@ from tqdm import tqdm
 
 from densessl.data.images import load_image
 from densessl.data.synthetic import CLASS_NAMES, SyntheticScenes
+from densessl.data.voc import VOC_CLASSES_WITH_BACKGROUND, VOC_OBJECT_CLASSES
 
 __all__ = [
-    "VOC_CLASSES",
     "AnnotationError",
     "CocoDetection",
     "DetectionBatch",
@@ -62,11 +62,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("densessl")
-
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable", "dog",
-    "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
 
 Target = dict[str, Any]
 Transform = Callable[[Tensor, Target], "tuple[Tensor, Target]"]
@@ -567,7 +562,7 @@ class VOCDetection(_RecordDataset):
             unknown class name; a box with ``xmax < xmin`` — naming the file and the ``<object>``.
     """
 
-    class_names = ("background", *VOC_CLASSES)
+    class_names = VOC_CLASSES_WITH_BACKGROUND
     has_masks = False
 
     def __init__(
@@ -637,8 +632,9 @@ class VOCDetection(_RecordDataset):
             name_node = obj.find("name")
             name = (name_node.text or "").strip() if name_node is not None else ""
             entry = f"<object> {k} ({name or 'no name'})"
-            if name not in VOC_CLASSES:
-                raise AnnotationError(xml_path, entry, f"unknown class {name!r}; VOC classes are {list(VOC_CLASSES)}")
+            if name not in VOC_OBJECT_CLASSES:
+                raise AnnotationError(xml_path, entry,
+                                      f"unknown class {name!r}; VOC classes are {list(VOC_OBJECT_CLASSES)}")
             flag = obj.find("difficult")
             is_difficult = flag is not None and (flag.text or "0").strip() not in ("", "0")
             bndbox = obj.find("bndbox")
@@ -655,7 +651,7 @@ class VOCDetection(_RecordDataset):
             if clipped[2] <= clipped[0] or clipped[3] <= clipped[1]:
                 raise AnnotationError(xml_path, entry, f"box {box} lies outside the {width}x{height} image")
             boxes.append(clipped)
-            labels.append(VOC_CLASSES.index(name) + 1)
+            labels.append(VOC_OBJECT_CLASSES.index(name) + 1)
             difficult.append(int(is_difficult))
         arrays = _empty_record_arrays()
         if boxes:

@@ -1,4 +1,4 @@
-"""Readers for segmentation datasets stored on disk in their standard layouts.
+"""Readers for segmentation datasets stored on disk in their standard layouts, and the factory that picks one by name.
 
 Every reader scans its files when it is constructed and raises an error naming the expected file or folder when
 something is missing, so a wrong path fails before training starts, not hours in. Masks are returned as ``(H, W)``
@@ -14,7 +14,9 @@ uint8 class indices with ``IGNORE_INDEX`` (255) for pixels that count in no metr
   *_labelTrainIds.png`` (or the raw ``*.png`` stuffthingmaps, converted).
 - ``FolderSegmentation``: ``images/{train,val}/**/*.<ext>``, ``masks/{train,val}/**/*.png``, ``classes.txt``.
 
-Use ``densessl.data.segmentation.build_segmentation_dataset`` to pick a reader by name.
+``build_segmentation_dataset(name, root, split)`` builds any of them, or the embedded ``SyntheticSegmentation``, by
+name (one of ``SEGMENTATION_DATASETS``). The sample type and base class they share live in
+``densessl.data.segmentation``.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from densessl.data.images import IMAGE_EXTENSIONS, load_image
-from densessl.data.segmentation import IGNORE_INDEX, SegmentationDataset, SegSample
+from densessl.data.segmentation import IGNORE_INDEX, SegmentationDataset, SegSample, SyntheticSegmentation
+from densessl.data.voc import VOC_CLASSES_WITH_BACKGROUND
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -37,13 +40,14 @@ __all__ = [
     "COCO_STUFF_CLASSES",
     "COCO_STUFF_ID_TO_TRAIN_ID",
     "COCO_STUFF_UNUSED_IDS",
+    "SEGMENTATION_DATASETS",
     "SPLITS",
-    "VOC_CLASSES",
     "ADE20KSegmentation",
     "CityscapesSegmentation",
     "COCOStuffSegmentation",
     "FolderSegmentation",
     "VOCSegmentation",
+    "build_segmentation_dataset",
     "read_index_mask",
 ]
 
@@ -51,10 +55,7 @@ logger = logging.getLogger("densessl")
 
 SPLITS = ("train", "val")
 
-VOC_CLASSES: tuple[str, ...] = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)
+SEGMENTATION_DATASETS = ("voc", "ade20k", "cityscapes", "coco_stuff", "synthetic", "folder")
 
 # The 150 SceneParsing classes in train-id order (mmsegmentation's ADE20KDataset, trailing space of "bed " removed).
 ADE20K_CLASSES: tuple[str, ...] = (
@@ -278,7 +279,7 @@ class VOCSegmentation(_PairedFiles):
 
     def __init__(self, root: str | os.PathLike | None, split: str = "train", aug: bool | None = None) -> None:
         _check_split(split)
-        _fixed_classes(self, VOC_CLASSES)
+        _fixed_classes(self, VOC_CLASSES_WITH_BACKGROUND)
         self.root = _find_dataset_dir("VOC2012", root, ["JPEGImages"], ["VOC2012", "VOCdevkit/VOC2012"], self.LAYOUT)
         self.split = split
         lists = self.root / "ImageSets" / "Segmentation"
@@ -722,3 +723,51 @@ class FolderSegmentation(_PairedFiles):
         problems.add(f"mask values outside [0, {n}) and != {ignore}", f"{self._rel(mask_path)} has values [{shown}]",
                      hint)
         return False
+
+
+def build_segmentation_dataset(name: str, root: str | os.PathLike | None, split: str, *,
+                               num_classes: int | None = None, ignore_index: int = IGNORE_INDEX,
+                               **kwargs: Any) -> SegmentationDataset:
+    """Build a segmentation dataset by name.
+
+    Args:
+        name: One of ``SEGMENTATION_DATASETS``: ``"voc"``, ``"ade20k"``, ``"cityscapes"``, ``"coco_stuff"``,
+            ``"synthetic"`` (``root`` ignored) or ``"folder"`` (your own data).
+        root: The dataset folder (see the reader classes above for the layout each expects).
+        split: ``"train"`` or ``"val"``, mapped to each dataset's own split names.
+        num_classes: For ``"folder"``, the class count (with or instead of ``classes.txt``); for the others, an
+            optional check against the dataset's fixed count.
+        ignore_index: The value marking ignored pixels in the mask files; only ``"folder"`` accepts a value other
+            than 255 (it is remapped to 255 in returned masks).
+        **kwargs: Reader options: ``aug`` for ``"voc"``; ``check_values``/``max_report`` for ``"folder"``;
+            ``num_images``/``size``/``seed`` for ``"synthetic"``.
+
+    Returns:
+        The dataset; its masks use 255 for ignored pixels.
+
+    Raises:
+        ValueError: Unknown ``name`` or ``split``, a ``num_classes`` that contradicts the dataset, an unsupported
+            ``ignore_index``, or a malformed dataset.
+        FileNotFoundError: A folder or file the dataset needs is missing (the message names it).
+    """
+    from densessl.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
+
+    if name not in SEGMENTATION_DATASETS:
+        raise ValueError(f"unknown segmentation dataset {name!r}; valid names: {', '.join(SEGMENTATION_DATASETS)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if name == "folder":
+        return FolderSegmentation(root, split, num_classes=num_classes, ignore_index=ignore_index, **kwargs)
+    if ignore_index != IGNORE_INDEX:
+        raise ValueError(f"ignore_index={ignore_index} is only supported for the 'folder' dataset; {name!r} masks "
+                         f"always use {IGNORE_INDEX} for ignored pixels (drop the option)")
+    fixed_classes = {"voc": VOC_CLASSES_WITH_BACKGROUND, "ade20k": ADE20K_CLASSES, "cityscapes": CITYSCAPES_CLASSES,
+                     "coco_stuff": COCO_STUFF_CLASSES, "synthetic": SYNTHETIC_CLASSES}[name]
+    if num_classes is not None and num_classes != len(fixed_classes):
+        raise ValueError(f"dataset {name!r} has {len(fixed_classes)} classes, but num_classes={num_classes} was "
+                         f"given; drop the option or set it to {len(fixed_classes)}")
+    if name == "synthetic":
+        return SyntheticSegmentation(split=split, **kwargs)
+    readers = {"voc": VOCSegmentation, "ade20k": ADE20KSegmentation, "cityscapes": CityscapesSegmentation,
+               "coco_stuff": COCOStuffSegmentation}
+    return readers[name](root, split, **kwargs)

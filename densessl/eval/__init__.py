@@ -7,6 +7,7 @@ Modules:
     * ``densessl.eval.linear_seg``: the VICRegL linear probe (``run_linear_probe``).
     * ``densessl.eval.knn``: dense nearest-neighbour retrieval (``run_knn``).
     * ``densessl.eval.mmseg_plugin``: optional mmsegmentation integration (imports mmseg; not imported here).
-    * ``densessl.eval.detection``: torchvision Faster/Mask R-CNN on densessl backbones (FPN or ViTDet-style simple
-      pyramid), COCO box/mask AP through pycocotools (``build_detector``, ``evaluate_detector``).
+    * ``densessl.eval.detection``: torchvision Faster/Mask R-CNN on densessl backbones (FPN, C4 or ViTDet-style simple
+      pyramid; ``build_detector``).
+    * ``densessl.eval.coco_eval``: COCO box/mask AP of those detectors through pycocotools (``evaluate_detector``).
 """

@@ -1,7 +1,10 @@
 """mmsegmentation plugin: densessl backbones, the VICRegL linear head and two datasets, registered in mmseg.
 
-This is the only densessl module that imports mmsegmentation, mmcv or mmengine (install them with
-``bash scripts/setup.sh``, or ``pip install -e ".[mmseg]"`` with a built mmcv 2.1.0 wheel). Configs load it with
+This is the only densessl module that imports mmsegmentation, mmcv or mmengine (``pip install "densessl[mmseg]"``:
+mmsegmentation 1.2.2 on ``mmcv-lite``, no compiler needed). Before importing mmseg it installs
+``densessl.eval.mmcv_ops_standin``, a pure-Python ``mmcv.ops`` for mmcv-lite: heads that need compiled mmcv ops (PSA,
+CCNet, deformable convolutions, ...) then fail with a message naming the optional full-mmcv build
+(``scripts/build_mmcv.sh``); with a full mmcv installed the real ops are used. Configs load it with
 ``custom_imports=dict(imports=["densessl.eval.mmseg_plugin"], allow_failed_imports=False)``, which
 ``tools/finetune_seg.py`` adds for you.
 
@@ -27,13 +30,18 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from mmcv.cnn import build_norm_layer
-from mmengine.model import BaseModule
-from mmseg.datasets import BaseSegDataset
-from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-from mmseg.registry import DATASETS, MODELS
-from PIL import Image
-from torch import Tensor, nn
+
+from densessl.eval import mmcv_ops_standin
+
+mmcv_ops_standin.install()  # before mmcv.cnn / mmseg: they import mmcv.ops, which mmcv-lite cannot load
+
+from mmcv.cnn import build_norm_layer  # noqa: E402
+from mmengine.model import BaseModule  # noqa: E402
+from mmseg.datasets import BaseSegDataset  # noqa: E402
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead  # noqa: E402
+from mmseg.registry import DATASETS, MODELS  # noqa: E402
+from PIL import Image  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
 
 from densessl.backbones import DenseBackbone
 from densessl.data.seg_readers import FolderSegmentation

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from densessl.train.dist import get_world_size, is_distributed
+from densessl.dist import get_world_size, is_distributed
 
 __all__ = ["frozen_copy", "ema_update", "constant_momentum", "cosine_momentum", "concat_all_gather"]
 

@@ -32,8 +32,8 @@ from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
 from densessl.data.collate import Views
-from densessl.heads import MLP, NormKind, default_norm
-from densessl.train.dist import all_gather_with_grad
+from densessl.dist import all_gather_with_grad
+from densessl.projectors import MLP, NormKind, default_norm
 
 __all__ = [
     "invariance_loss",

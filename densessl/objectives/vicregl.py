@@ -57,7 +57,6 @@ from torch import Tensor, nn
 from densessl.backbones import DenseBackbone, DenseFeatures
 from densessl.coords import cell_centers, pairwise_distances, to_pixels
 from densessl.data.collate import Views
-from densessl.heads import MLP, LocalProjector
 from densessl.objectives.vicreg import (
     VICRegLoss,
     embedding_metrics,
@@ -66,6 +65,7 @@ from densessl.objectives.vicreg import (
     resolve_norm,
     variance_covariance,
 )
+from densessl.projectors import MLP, LocalProjector
 
 __all__ = ["match_indices", "select_matches", "VICRegLLocalLoss", "VICRegLConfig", "VICRegL"]
 

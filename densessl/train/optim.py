@@ -8,6 +8,11 @@
 * ``AdamW`` / ``SGD`` from torch, with weight decay only on parameters with more than one dimension.
 * ``lr_at(step)``: linear warm-up from 0 to ``base_lr * batch / 256`` over the warm-up steps, then cosine decay to
   ``end_lr_ratio`` times the peak (official ``utils.learning_schedule``).
+* ``detectron2_lr_factor(step)``: detectron2's ``WarmupMultiStepLR`` / ``WarmupCosineLR`` multiplier for detection
+  fine-tuning (linear warm-up *multiplying* the decay, from ``warmup_factor``).
+* ``param_groups``: the one weight-decay rule, in the two forms the reference recipes use: ``no_decay="1d"`` (VICReg /
+  VICRegL: every parameter with one dimension -- biases and normalization weights) and ``no_decay="norm"``
+  (detectron2: parameters of normalization layers get ``weight_decay_norm``; biases decay like weights).
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from torch import nn
 
 from densessl.config import OptimConfig
 
-__all__ = ["LARS", "param_groups", "build_optimizer", "lr_at", "peak_lr"]
+__all__ = ["LARS", "param_groups", "build_optimizer", "lr_at", "peak_lr", "detectron2_lr_factor"]
+
+_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
 
 class LARS(torch.optim.Optimizer):
@@ -82,26 +89,53 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(modules: Iterable[nn.Module], weight_decay: float) -> list[dict]:
-    """Split trainable parameters: ``ndim > 1`` get ``weight_decay``; biases and norm weights get none."""
-    decay, no_decay = [], []
+def param_groups(modules: Iterable[nn.Module], weight_decay: float, no_decay: str = "1d",
+                 no_decay_weight_decay: float = 0.0) -> list[dict]:
+    """Split the trainable parameters into a decayed group and a group with ``no_decay_weight_decay``.
+
+    Args:
+        modules: Modules whose parameters are optimized (a parameter shared by several is listed once).
+        weight_decay: Weight decay of the first group.
+        no_decay: Which parameters go into the second group: ``"1d"`` every parameter with ``ndim <= 1`` (biases,
+            normalization weights; VICReg/VICRegL, which also exclude them from LARS adaptation), or ``"norm"`` the
+            parameters of normalization layers (detectron2's ``WEIGHT_DECAY_NORM``).
+        no_decay_weight_decay: Weight decay of the second group.
+
+    Returns:
+        ``[{"params": [...], "weight_decay": ...}, ...]`` with empty groups left out; the second group (if present)
+        has ``"no_decay": True``.
+    """
+    if no_decay not in ("1d", "norm"):
+        raise ValueError(f"no_decay must be '1d' or 'norm', got {no_decay!r}")
+    modules = list(modules)
+    norm_params: set[int] = set()
+    if no_decay == "norm":
+        for module in modules:
+            for sub in module.modules():
+                if isinstance(sub, _NORM_TYPES) or "LayerNorm" in type(sub).__name__:
+                    norm_params.update(id(p) for p in sub.parameters(recurse=False))
+    decay, skip, seen = [], [], set()
     for module in modules:
         for param in module.parameters():
-            if param.requires_grad:
-                (decay if param.ndim > 1 else no_decay).append(param)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lars_exclude": False},
-        {"params": no_decay, "weight_decay": 0.0, "lars_exclude": True},
-    ]
+            if not param.requires_grad or id(param) in seen:
+                continue
+            seen.add(id(param))
+            skipped = param.ndim <= 1 if no_decay == "1d" else id(param) in norm_params
+            (skip if skipped else decay).append(param)
+    groups = [{"params": decay, "weight_decay": weight_decay, "no_decay": False},
+              {"params": skip, "weight_decay": no_decay_weight_decay, "no_decay": True}]
+    return [group for group in groups if group["params"]]
 
 
 def build_optimizer(modules: Iterable[nn.Module], cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` over ``modules``; the LR is set every step by the loop."""
     groups = param_groups(modules, cfg.weight_decay)
     if cfg.name == "lars":
+        for group in groups:
+            group["lars_exclude"] = group.pop("no_decay")
         return LARS(groups, lr=0.0, weight_decay=cfg.weight_decay, momentum=cfg.momentum, eta=cfg.lars_eta)
     for group in groups:
-        group.pop("lars_exclude")
+        group.pop("no_decay")
     if cfg.name == "adamw":
         return torch.optim.AdamW(groups, lr=0.0, betas=tuple(cfg.betas))
     if cfg.name == "sgd":
@@ -123,3 +157,22 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: OptimConfig, batc
     decay_steps = max(1, total_steps - warmup_steps)
     progress = min(step - warmup_steps, decay_steps) / decay_steps
     return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def detectron2_lr_factor(step: int, total: int, *, warmup_iters: int, warmup_factor: float, schedule: str,
+                         milestones: list[int], gamma: float = 0.1, min_lr_ratio: float = 0.0) -> float:
+    """detectron2's learning-rate multiplier at ``step`` (0-based) of ``total``: warm-up x (multi-step or cosine).
+
+    ``multistep``: ``gamma ** (number of milestones <= step)``; ``cosine``: from 1 to ``min_lr_ratio`` over the whole
+    run. During the first ``warmup_iters`` steps the result is multiplied by a linear ramp from ``warmup_factor`` to 1.
+    """
+    if schedule == "multistep":
+        factor = gamma ** sum(step >= s for s in milestones)
+    elif schedule == "cosine":
+        factor = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+    else:
+        raise ValueError(f"schedule must be multistep or cosine, got {schedule!r}")
+    if step < warmup_iters:
+        alpha = step / warmup_iters
+        factor *= warmup_factor * (1 - alpha) + alpha
+    return factor

@@ -12,7 +12,6 @@ import torch
 from PIL import Image
 
 from densessl.data.detection import (
-    VOC_CLASSES,
     AnnotationError,
     CocoDetection,
     RandomHorizontalFlip,
@@ -22,6 +21,7 @@ from densessl.data.detection import (
     horizontal_flip,
     mask_to_rle,
 )
+from densessl.data.voc import VOC_OBJECT_CLASSES
 
 pytest.importorskip("pycocotools")
 
@@ -158,14 +158,15 @@ def test_voc_loads_boxes_and_difficult(tmp_path: Path) -> None:
         "000002": _voc_xml([("car", 0, (5, 6, 7, 8))]),
     })
     ds = VOCDetection(root, ["VOC2007/trainval"])
-    assert len(ds) == 2 and ds.num_classes == 21 and ds.class_names[1:] == VOC_CLASSES and not ds.has_masks
+    assert len(ds) == 2 and ds.num_classes == 21 and ds.class_names[1:] == VOC_OBJECT_CLASSES and not ds.has_masks
     image, target = ds[0]
     assert image.shape == (3, H, W) and target["image_id"] == 0
     torch.testing.assert_close(target["boxes"], torch.tensor([[0.0, 0, 10, 20], [19, 4, 60, 40]]))
-    assert target["labels"].tolist() == [VOC_CLASSES.index("dog") + 1, VOC_CLASSES.index("person") + 1]
+    assert target["labels"].tolist() == [VOC_OBJECT_CLASSES.index(name) + 1 for name in ("dog", "person")]
     assert target["iscrowd"].tolist() == [0, 1]
     _, train_target = VOCDetection(root, ["VOC2007/trainval"], training=True)[0]
-    assert train_target["labels"].tolist() == [VOC_CLASSES.index("dog") + 1]  # difficult excluded from training
+    # difficult excluded from training
+    assert train_target["labels"].tolist() == [VOC_OBJECT_CLASSES.index("dog") + 1]
     gt = ds.coco_ground_truth()
     assert len(gt["images"]) == 2 and [a["iscrowd"] for a in gt["annotations"]] == [0, 1, 0]
 

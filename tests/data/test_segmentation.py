@@ -14,17 +14,13 @@ from densessl.data.seg_readers import (
     CITYSCAPES_CLASSES,
     COCO_STUFF_CLASSES,
     COCO_STUFF_ID_TO_TRAIN_ID,
-    VOC_CLASSES,
+    SEGMENTATION_DATASETS,
     FolderSegmentation,
     VOCSegmentation,
-)
-from densessl.data.segmentation import (
-    SEGMENTATION_DATASETS,
-    SegmentationDataset,
-    SegSample,
-    SyntheticSegmentation,
     build_segmentation_dataset,
 )
+from densessl.data.segmentation import SegmentationDataset, SegSample, SyntheticSegmentation
+from densessl.data.voc import VOC_CLASSES_WITH_BACKGROUND
 
 W, H = 16, 12
 
@@ -61,12 +57,13 @@ def _check_sample(sample: SegSample) -> None:
 
 
 def test_class_lists() -> None:
-    assert len(VOC_CLASSES) == 21 and VOC_CLASSES[0] == "background" and VOC_CLASSES[15] == "person"
+    assert len(VOC_CLASSES_WITH_BACKGROUND) == 21
+    assert VOC_CLASSES_WITH_BACKGROUND[0] == "background" and VOC_CLASSES_WITH_BACKGROUND[15] == "person"
     assert len(ADE20K_CLASSES) == 150 and ADE20K_CLASSES[:3] == ("wall", "building", "sky")
     assert ADE20K_CLASSES[7] == "bed" and ADE20K_CLASSES[-1] == "flag"
     assert len(CITYSCAPES_CLASSES) == 19 and CITYSCAPES_CLASSES[13] == "car"
     assert len(COCO_STUFF_CLASSES) == 171 and COCO_STUFF_CLASSES[80] == "banner"
-    for names in (VOC_CLASSES, ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_STUFF_CLASSES):
+    for names in (VOC_CLASSES_WITH_BACKGROUND, ADE20K_CLASSES, CITYSCAPES_CLASSES, COCO_STUFF_CLASSES):
         assert len(set(names)) == len(names)
 
 
@@ -101,7 +98,7 @@ def _voc(root: Path, aug: str | None = None) -> Path:
 def test_voc_reads_palette_indices_from_any_root_level(tmp_path: Path, level: str) -> None:
     _voc(tmp_path)
     dataset = build_segmentation_dataset("voc", tmp_path / level, "val")
-    assert len(dataset) == 1 and dataset.num_classes == 21 and dataset.class_names == VOC_CLASSES
+    assert len(dataset) == 1 and dataset.num_classes == 21 and dataset.class_names == VOC_CLASSES_WITH_BACKGROUND
     sample = dataset[0]
     _check_sample(sample)
     assert sample.name == "2007_000003"

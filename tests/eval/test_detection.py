@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
+import os
+import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -15,14 +18,8 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from densessl.data.detection import SyntheticDetection, detection_collate
-from densessl.eval.detection import (
-    DetectionBackbone,
-    build_detector,
-    coco_evaluate,
-    evaluate_detector,
-    freeze_batch_norm,
-    predictions_to_coco,
-)
+from densessl.eval.coco_eval import coco_evaluate, evaluate_detector, predictions_to_coco
+from densessl.eval.detection import DetectionBackbone, build_detector, freeze_batch_norm
 
 pytest.importorskip("pycocotools")
 
@@ -44,12 +41,7 @@ def _one_thread() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def tool() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("finetune_det", ROOT / "tools" / "finetune_det.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["finetune_det"] = module  # dataclasses with postponed annotations need the module registered
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("densessl.cli.finetune_det")
 
 
 @pytest.mark.parametrize("arch, size", [("resnet18", (64, 96)), ("vit_tiny_patch16_224", (64, 64))])
@@ -194,7 +186,8 @@ def test_finetune_tool_writes_results_and_resumes(tool: ModuleType, tmp_path: Pa
     assert results["iterations"] == 3 and results["settings"]["model"]["arch"] == "resnet18"
     assert results["num_val_images"] == 4 and "mask_AP" not in results
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert state["iteration"] == 3 and {"model", "optimizer", "scheduler", "rng"} <= set(state)
+    assert state["iteration"] == 3 and {"model", "optimizer", "scaler", "rng"} <= set(state)
+    assert state["recipe"] == "detection"
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records if "loss" in r] == [1, 2, 3]
 
@@ -203,6 +196,65 @@ def test_finetune_tool_writes_results_and_resumes(tool: ModuleType, tmp_path: Pa
                      "data.max_size=32", "--output-dir", str(tmp_path / "nan")])
     assert nan == 3
     assert tool.main([str(SYNTHETIC), "model.norm=nope"]) == 2
+
+
+TINY_DET = ["data.synthetic_size=32", "data.min_size_train=[32]", "data.min_size_test=32", "data.max_size=32",
+            "data.synthetic_train_images=8", "data.synthetic_val_images=2", "data.num_workers=0",
+            "train.batch_size=2", "train.progress=false", "train.log_every=1", "optim.warmup_iters=2",
+            "optim.steps=[]", "model.out_channels=16", "model.representation_size=32",
+            "model.anchor_sizes=[8,16,32,64,128]", "model.rpn_proposals_train=32", "model.rpn_proposals_test=32",
+            "model.roi_batch_size=32", "train.checkpoint_every=1"]
+
+KILLED_DET = """
+import os, signal, sys
+from densessl.config_io import load_config
+from densessl.train.finetune_det import DetConfig, finetune
+config, run_dir, kill_after, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+kill = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == kill_after else None
+finetune(load_config(DetConfig, config, overrides), run_dir, resume="auto", on_step=kill)
+"""
+
+
+@pytest.mark.slow
+def test_finetune_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
+    from densessl.train.engine import load_checkpoint
+
+    overrides = [*TINY_DET, "train.max_iters=4"]
+
+    def run(run_dir: Path, kill_after: int) -> subprocess.CompletedProcess:  # same process settings for every run
+        command = [sys.executable, "-c", KILLED_DET, str(SYNTHETIC), str(run_dir), str(kill_after), *overrides]
+        return subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+    reference = run(tmp_path / "ref", 0)
+    assert reference.returncode == 0, reference.stderr[-2000:]
+    killed = run(tmp_path / "run", 2)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 2
+    resumed = run(tmp_path / "run", 0)  # resume="auto" continues from the checkpoint
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ref = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
+    got = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["model"]
+    assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), "resumed weights differ"
+    iterations = [json.loads(line)["iteration"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+                  if "loss" in line]
+    assert iterations == [1, 2, 3, 4]  # no iteration logged twice after the resume
+
+
+def test_finetune_sigterm_saves_and_gradient_accumulation_runs(tmp_path: Path) -> None:
+    from densessl.config_io import load_config
+    from densessl.train.finetune_det import DetConfig, finetune
+
+    cfg = load_config(DetConfig, SYNTHETIC, [*TINY_DET, "train.max_iters=3", "optim.accumulate=2", "train.batch_size=4"])
+
+    def terminate(step: int) -> None:
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = finetune(cfg, tmp_path / "run", on_step=terminate)
+    assert stopped.interrupted and stopped.iteration == 1 and stopped.results_path is None
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+    finished = finetune(cfg, tmp_path / "run", resume="yes")
+    assert finished.iteration == 3 and finished.results_path is not None
 
 
 def test_ap_on_coco_and_voc_fixtures_ignores_crowd_and_difficult(tmp_path: Path) -> None:

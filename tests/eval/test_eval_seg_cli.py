@@ -1,8 +1,8 @@
-"""tools/eval_seg.py end to end on tiny synthetic data, and its error exit codes."""
+"""tools/eval_seg.py end to end on tiny synthetic data, weights files without --arch, and its error exit codes."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import json
 import subprocess
 import sys
@@ -15,14 +15,11 @@ REPO = Path(__file__).resolve().parents[2]
 TOOL = REPO / "tools" / "eval_seg.py"
 TINY = ["--dataset", "synthetic", "--synthetic-train", "16", "--synthetic-val", "8", "--input-size", "64",
         "--no-progress", "--device", "cpu"]
-KEYS = {"mIoU", "per_class_iou", "pixel_acc", "settings", "weights", "arch", "dataset", "protocol"}
+KEYS = {"mIoU", "per_class_iou", "pixel_acc", "settings", "weights", "weights_source", "arch", "dataset", "protocol"}
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("eval_seg_tool", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("densessl.cli.eval_seg")
 
 
 def test_cli_linear_subprocess(tmp_path: Path) -> None:
@@ -71,6 +68,59 @@ def test_cli_errors_exit_2_with_one_line(args: list[str], message: str, capsys: 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert len(err) == 1 and message in err[0] and "Traceback" not in err[0]
+
+
+def _training_checkpoint(path: Path, arch: str = "resnet18") -> None:
+    """A checkpoint laid out as pretraining saves it: the Pretrainer state dict under "model"."""
+    from densessl.backbones import DenseBackbone
+
+    model = {f"backbone.model.{k}": v for k, v in DenseBackbone(arch).model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"format": "densessl-checkpoint-v2", "recipe": "pretrain", "iteration": 4, "arch": arch,
+                "config": {"model": {"arch": arch}}, "model": model}, path)
+
+
+@pytest.mark.parametrize("kind", ["export", "checkpoint"])
+def test_cli_takes_the_arch_from_the_weights_file(tmp_path: Path, kind: str) -> None:
+    from densessl.backbones import DenseBackbone
+    from densessl.weights import save_backbone
+
+    if kind == "export":
+        weights = save_backbone(DenseBackbone("resnet18").model, tmp_path / "run", "resnet18", {"x": 1}).safetensors
+        source = "densessl backbone export"
+    else:
+        weights = tmp_path / "run" / "checkpoints" / "last.pt"
+        _training_checkpoint(weights)
+        source = "densessl training checkpoint (iteration 4)"
+    out = tmp_path / "knn.json"
+    code = _load_tool().main(["--weights", str(weights), "--protocol", "knn", "--k", "5", "--out", str(out), *TINY])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert record["arch"] == "resnet18" and record["weights_source"] == source
+
+
+def test_cli_arch_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from densessl.backbones import DenseBackbone
+    from densessl.weights import save_backbone
+
+    exported = save_backbone(DenseBackbone("resnet18").model, tmp_path / "run", "resnet18").safetensors
+    torch.save(DenseBackbone("resnet18").model.state_dict(), tmp_path / "plain.pt")
+    (tmp_path / "notes.pt").write_text("not weights\n")
+    cases = [
+        (["--weights", str(exported), "--arch", "resnet50"],
+         (f"--arch resnet50 does not match weights file '{exported}': the weights are for 'resnet18' (from "
+          "backbone.safetensors metadata); drop --arch")),
+        (["--weights", str(tmp_path / "plain.pt")], "(timm state dict) states no architecture; pass --arch"),
+        (["--weights", "random"], "random weights need an architecture: pass --arch"),
+        (["--weights", str(tmp_path / "notes.pt")], "is not a torch or safetensors weights file"),
+        (["--weights", str(tmp_path / "run")], "is a directory, not a weights file; did you mean"),
+        (["--weights", "random", "--arch", "resnt18"], "unknown timm architecture 'resnt18'; did you mean: resnet18"),
+    ]
+    for args, message in cases:
+        code = _load_tool().main([*args, "--dataset", "synthetic", "--protocol", "knn", "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2, args
+        assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], (args, err)
 
 
 def test_cli_error_subprocess_has_no_traceback() -> None:

@@ -110,14 +110,21 @@ def test_augmented_samples_keep_labels_aligned() -> None:
     assert augmented[0].name.endswith("_aug1")
 
 
-def test_faiss_request_without_faiss_falls_back(caplog: pytest.LogCaptureFixture) -> None:
-    try:
-        import faiss  # noqa: F401
-
-        pytest.skip("faiss is installed")
-    except ImportError:
-        pass
+def test_faiss_request_without_faiss_falls_back(caplog: pytest.LogCaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("densessl.eval.knn.faiss_available", lambda: False)
     cfg = KNNConfig(input_size=32, use_faiss=True, progress=False)
     with caplog.at_level(logging.WARNING, logger="densessl"):
         result = run_knn(MeanColourBackbone(), SplitColours(4), SplitColours(2, seed=1), cfg)
     assert result.settings["search"] == "torch" and "faiss is not importable" in caplog.text
+
+
+def test_faiss_search_equals_torch_search() -> None:
+    pytest.importorskip("faiss")  # the knn extra (installed by scripts/test.sh)
+    generator = torch.Generator().manual_seed(0)
+    memory = DenseMemory(features=F.normalize(torch.randn(300, 16, generator=generator), dim=1).half(),
+                         distributions=F.one_hot(torch.randint(0, 5, (300,), generator=generator), 5).half())
+    queries = F.normalize(torch.randn(40, 16, generator=generator), dim=1)
+    exact = knn_predict(queries, memory, k=7, temperature=0.02, query_chunk_size=16, memory_chunk_size=64)
+    with_faiss = knn_predict(queries, memory, k=7, temperature=0.02, use_faiss=True)
+    torch.testing.assert_close(with_faiss, exact, atol=1e-4, rtol=1e-4)

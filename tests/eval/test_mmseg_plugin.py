@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
+import importlib
 import json
 import os
 import subprocess
@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from mmengine.config import Config
-from mmseg.registry import DATASETS, MODELS
-from mmseg.utils import register_all_modules
 from PIL import Image
 
 from densessl.backbones import DenseBackbone
-from densessl.eval.mmseg_plugin import (
+from densessl.eval.mmseg_plugin import (  # first: installs the mmcv.ops stand-in that mmseg needs on mmcv-lite
     DenseSSLBackbone,
     FolderSegDataset,
     LinearHead,
     SyntheticSegDataset,
     render_synthetic_folder,
 )
+from mmengine.config import Config  # noqa: E402, I001
+from mmseg.registry import DATASETS, MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "mmseg"
@@ -282,11 +282,20 @@ def test_finetune_seg_tool_end_to_end(tmp_path: Path) -> None:
 
     # --resume finds the last checkpoint in the work dir (mmengine's own file: needs weights_only=False).
     more = [o for o in options if not o.startswith(("train_cfg.", "param_scheduler.", "default_hooks.checkpoint"))]
-    resume = command[:5] + ["--resume", "--cfg-options", *more, "train_cfg.max_iters=6",
+    resume = command[:5] + ["--resume", "auto", "--cfg-options", *more, "train_cfg.max_iters=6",
                             "train_cfg.val_interval=6", "param_scheduler.0.end=6", "default_hooks.checkpoint.interval=6"]
     result = subprocess.run(resume, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Iter(train) [6/6]" in result.stdout + result.stderr and (work / "iter_6.pth").is_file()
+
+    # A full pickle from outside the work dir (load_from=downloaded.pth) is never unpickled: it could run code.
+    outside = tmp_path / "downloaded.pth"
+    outside.write_bytes((work / "iter_6.pth").read_bytes())
+    other = [sys.executable, str(REPO / "tools" / "finetune_seg.py"), str(SYNTHETIC_LINEAR), "--work-dir",
+             str(tmp_path / "work2"), "--cfg-options", *options, f"load_from={outside}"]
+    result = subprocess.run(other, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "downloaded.pth is outside the work dir" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_finetune_seg_tool_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -298,13 +307,12 @@ def test_finetune_seg_tool_reports_bad_input(tmp_path: Path, capsys: pytest.Capt
     code = tool.main([str(config), "--work-dir", str(tmp_path / "work"),
                       "--cfg-options", f"train_dataloader.dataset.data_root={tmp_path}"])
     assert code == 2 and "model.decode_head.num_classes=3" in capsys.readouterr().err
+    assert tool.main([str(SYNTHETIC_LINEAR), "--work-dir", str(tmp_path / "none"), "--resume"]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
 
 
 def _load_tool() -> Any:
-    spec = importlib.util.spec_from_file_location("finetune_seg", REPO / "tools" / "finetune_seg.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("densessl.cli.finetune_seg")
 
 
 def test_importing_densessl_does_not_import_mmseg() -> None:

@@ -10,7 +10,7 @@ from densessl.backbones import DenseBackbone
 from densessl.data.collate import collate_views
 from densessl.data.transforms import MultiCrop, MultiCropConfig
 from densessl.objectives import OBJECTIVES
-from densessl.train.loop import Pretrainer
+from densessl.train.pretrain import Pretrainer
 
 ARCHS = ["resnet18", "convnext_atto", "vit_tiny_patch16_224"]
 SMALL_HEADS = {"projector": "64-64", "local_projector": "32-32", "hidden_dim": 64, "feat_dim": 16, "queue_len": 32,

@@ -12,7 +12,7 @@ from densessl.backbones import DenseBackbone
 from densessl.objectives.densecl import DenseCL, DenseCLConfig, KeyQueue, dense_correspondence, info_nce
 from densessl.objectives.momentum import cosine_momentum, ema_update, frozen_copy
 from densessl.objectives.pixpro import PixelPropagation, PixPro, PixProConfig, pixpro_loss, positive_mask
-from densessl.train.loop import Pretrainer
+from densessl.train.pretrain import Pretrainer
 
 
 def test_dense_correspondence_recovers_a_permutation() -> None:

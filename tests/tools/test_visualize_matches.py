@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +17,7 @@ TOOL = ROOT / "tools" / "visualize_matches.py"
 
 
 def _load_tool():
-    spec = importlib.util.spec_from_file_location("visualize_matches", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module("densessl.cli.visualize_matches")
 
 
 def test_cli_writes_the_figure_and_prints_precision(tmp_path: Path) -> None:
@@ -81,4 +78,26 @@ def test_cli_bad_weights_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixt
     code = _load_tool().main(["--weights", str(weights), "--arch", "resnet18", "--dataset", "synthetic",
                               "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err
-    assert code == 2 and "cannot load weights file" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "is not a torch or safetensors weights file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_takes_the_arch_from_the_export(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from densessl.backbones import DenseBackbone
+    from densessl.weights import save_backbone
+
+    exported = save_backbone(DenseBackbone("resnet18").model, tmp_path / "run", "resnet18")
+    out = tmp_path / "viz.png"
+    code = _load_tool().main(["--weights", str(exported.safetensors), "--dataset", "synthetic", "--size", "64",
+                              "--scene-size", "64", "--dpi", "30", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert out.exists() and "match precision (view A -> B)" in captured.out
+    for args, message in [
+        (["--weights", str(exported.pt), "--arch", "resnet34"],
+         "--arch resnet34 does not match weights file"),
+        (["--weights", str(exported.pt), "--arch", "resnet34"], "the weights are for 'resnet18' (from backbone.json)"),
+        (["--weights", "random"], "--weights random needs --arch"),
+    ]:
+        code = _load_tool().main([*args, "--dataset", "synthetic", "--out", str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

@@ -1,4 +1,4 @@
-"""tools/train.py end to end: short runs, exact resume after SIGKILL, signals, NaN stop, torchrun, export."""
+"""Pretraining end to end: short runs, exact resume after SIGKILL, signals, NaN stop, torchrun, export."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 
 from densessl.config import load_config
-from densessl.train.checkpoint import load_checkpoint
-from densessl.train.loop import KILL_ENV, NonFiniteLossError, train
+from densessl.train.engine import ResumeError, load_checkpoint
+from densessl.train.pretrain import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "configs" / "pretrain" / "_tiny_test.yaml"
@@ -27,6 +27,22 @@ TRAIN = ROOT / "tools" / "train.py"
 def _run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(TRAIN), *args], capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+KILLED_RUN = """
+import os, signal, sys
+from densessl.config import load_config
+from densessl.train.pretrain import train
+config, run_dir, kill_after, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+kill = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == kill_after else None
+train(load_config(config, overrides), run_dir, on_step=kill)
+"""
+
+
+def _run_killed(run_dir: Path, kill_after: int, *overrides: str) -> subprocess.CompletedProcess:
+    """Pretrain in a subprocess that SIGKILLs itself right after step ``kill_after`` (an on_step callback)."""
+    return subprocess.run([sys.executable, "-c", KILLED_RUN, str(TINY), str(run_dir), str(kill_after), *overrides],
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "vit_tiny_patch16_224"])
@@ -53,7 +69,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
     common = [str(TINY), "train.max_iters=6", "train.checkpoint_every_iters=2"]
     reference = _run_cli(*common, "data.num_workers=2", "--output-dir", str(tmp_path / "ref"))
     assert reference.returncode == 0, reference.stderr[-2000:]
-    killed = _run_cli(*common, "--output-dir", str(tmp_path / "run"), env={KILL_ENV: "3"})
+    killed = _run_killed(tmp_path / "run", 3, *common[1:])
     assert killed.returncode == -signal.SIGKILL
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 2
     resumed = _run_cli(*common, "--output-dir", str(tmp_path / "run"), "--resume")
@@ -71,21 +87,12 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
 
 def test_sigterm_saves_a_checkpoint_and_resume_finishes(tmp_path: Path) -> None:
     cfg = load_config(TINY, ["train.max_iters=5"])
-    original = torch.optim.Optimizer.zero_grad
 
-    calls = {"n": 0}
-
-    def zero_grad_then_signal(self, *args, **kwargs):  # deliver SIGTERM during the second step
-        calls["n"] += 1
-        if calls["n"] == 2:
+    def terminate_after_second_step(step: int) -> None:
+        if step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
-        return original(self, *args, **kwargs)
 
-    torch.optim.Optimizer.zero_grad = zero_grad_then_signal
-    try:
-        result = train(cfg, tmp_path / "run")
-    finally:
-        torch.optim.Optimizer.zero_grad = original
+    result = train(cfg, tmp_path / "run", on_step=terminate_after_second_step)
     assert result.interrupted and result.iteration == 2 and result.backbone_path is None
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 2
     resumed = train(cfg, tmp_path / "run", resume=True)
@@ -105,8 +112,12 @@ def test_refuses_to_overwrite_and_resume_needs_a_checkpoint(tmp_path: Path) -> N
     train(cfg, tmp_path / "run")
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, tmp_path / "run")
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(ResumeError, match="no checkpoint"):
         train(cfg, tmp_path / "other", resume=True)
+    assert not (tmp_path / "other").exists()  # a refused start writes nothing
+    assert train(cfg, tmp_path / "auto", resume="auto").iteration == 1  # --resume auto: starts
+    more = load_config(TINY, ["train.max_iters=2"])
+    assert train(more, tmp_path / "auto", resume="auto").iteration == 2  # --resume auto: continues
 
 
 def test_image_folder_skips_and_counts_corrupt_files(tmp_path: Path) -> None:
@@ -117,12 +128,12 @@ def test_image_folder_skips_and_counts_corrupt_files(tmp_path: Path) -> None:
         Image.fromarray(rng.integers(0, 255, (40 + i, 50, 3), dtype=np.uint8)).save(folder / f"{i}.jpg")
     Image.fromarray(rng.integers(0, 255, (40, 50), dtype=np.uint8)).save(folder / "gray.png")
     (folder / "broken.jpg").write_bytes(b"not an image")
-    cfg = load_config(TINY, [f"data.source=folder", f"data.root={tmp_path / 'images'}", "train.max_iters=2",
+    cfg = load_config(TINY, ["data.source=folder", f"data.root={tmp_path / 'images'}", "train.max_iters=2",
                              "data.batch_size=5"])
     train(cfg, tmp_path / "run")
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["skipped_images"] >= 1
-    strict = load_config(TINY, [f"data.source=folder", f"data.root={tmp_path / 'images'}", "data.strict=true",
+    strict = load_config(TINY, ["data.source=folder", f"data.root={tmp_path / 'images'}", "data.strict=true",
                                 "train.max_iters=2", "data.batch_size=10"])
     with pytest.raises(ValueError, match="broken.jpg"):
         train(strict, tmp_path / "strict")
@@ -170,3 +181,12 @@ def test_diagnostics_are_logged_during_pretraining(tmp_path: Path) -> None:
     for r in diagnostics:
         assert 0.0 <= r["match_precision"] <= 1.0 and r["rankme_global"] >= 1.0 and r["rankme_local"] >= 1.0
         assert r["std_global"] > 0 and r["std_local"] > 0
+
+
+def test_tensorboard_event_files_and_progress_lines(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")  # the tensorboard extra (installed by scripts/test.sh)
+    cfg = load_config(TINY, ["train.max_iters=2", "train.tensorboard=true"])
+    train(cfg, tmp_path / "run")
+    assert list((tmp_path / "run" / "tensorboard").glob("events.out.tfevents.*"))
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "iteration 2/2 (100%) | loss" in log and "ETA" in log

@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_with_grad", "all_reduce_mean"]
+__all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_with_grad"]
 
 
 def is_distributed() -> bool:
@@ -69,13 +69,3 @@ def all_gather_with_grad(tensor: Tensor) -> Tensor:
     if not is_distributed():
         return tensor
     return _GatherWithGrad.apply(tensor)
-
-
-@torch.no_grad()
-def all_reduce_mean(tensor: Tensor) -> Tensor:
-    """Mean of ``tensor`` over ranks (a copy; no gradient). Identity when not distributed."""
-    if not is_distributed():
-        return tensor.detach().clone()
-    out = tensor.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
-    return out / get_world_size()

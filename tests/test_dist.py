@@ -9,9 +9,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from densessl.dist import all_gather_with_grad, get_world_size
 from densessl.objectives.vicreg import VICRegLoss
 from densessl.objectives.vicregl import VICRegLLocalLoss
-from densessl.train.dist import all_gather_with_grad, get_world_size
 
 WORLD = 2
 BATCH = 4  # per process

@@ -1,4 +1,4 @@
-"""Projection heads: the official MLP layout and per-location application."""
+"""Projectors: the official MLP layout and per-location application."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from densessl.heads import MLP, LocalProjector, default_norm, parse_mlp_spec
+from densessl.projectors import MLP, LocalProjector, default_norm, parse_mlp_spec
 
 
 def test_mlp_layout_matches_official_builder() -> None:

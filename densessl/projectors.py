@@ -1,4 +1,4 @@
-"""Projection heads: the global expander and the per-location projector of VICReg/VICRegL.
+"""Projectors (projection heads): the global expander and the per-location projector of VICReg/VICRegL.
 
 ``MLP(in_dim, "a-b-c", norm)`` builds ``Linear(in, a) -> Norm(a) -> ReLU -> Linear(a, b) -> Norm(b) -> ReLU ->
 Linear(b, c, bias=False)``, the official VICReg/VICRegL builder (``utils.MLP``). ``norm`` is ``"bn"`` (BatchNorm1d,

@@ -1,0 +1,64 @@
+"""What the training tools (``densessl-train``, ``densessl-finetune-det``) share: run arguments, logging, exit codes.
+
+Exit codes of every training tool: 0 done, 2 bad config, arguments, data or run directory (one ``error:`` line),
+3 non-finite loss, 130 stopped by a signal after saving a checkpoint (a scheduler may requeue with ``--resume auto``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+from densessl.atomic import DiskFullError
+
+EXIT_OK, EXIT_USAGE, EXIT_NON_FINITE, EXIT_STOPPED = 0, 2, 3, 130
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
+    """``CONFIG``, overrides, ``--output-dir``, ``--resume [auto]``, ``--allow-config-change``, ``--print-config``."""
+    parser.add_argument("config", help="experiment YAML (only what differs from the defaults); a path, or the name of "
+                                       "a config shipped with densessl such as pretrain/vicregl_resnet18_synthetic.yaml")
+    parser.add_argument("overrides", nargs="*", help="config overrides as key.sub=value, e.g. optim.base_lr=0.3")
+    parser.add_argument("--output-dir", help=f"run directory (default: {default_dir}/<config name>)")
+    parser.add_argument("--resume", nargs="?", const="yes", default="no", choices=("yes", "auto"),
+                        help="continue from <output-dir>/checkpoints/last.pt; '--resume auto' resumes when a "
+                             "checkpoint exists and starts otherwise (for requeued jobs)")
+    parser.add_argument("--allow-config-change", action="store_true",
+                        help="resume even if the config changes the model, batch size or crops (recorded in "
+                             "resumes.jsonl)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config (defaults <- YAML <- overrides) as YAML and exit")
+
+
+def setup_logging() -> int:
+    """INFO logging on rank 0, warnings only on the others; returns the rank."""
+    rank = int(os.environ.get("RANK", "0"))
+    logging.basicConfig(level=logging.INFO if rank == 0 else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
+    return rank
+
+
+def print_config(cfg: Any) -> None:
+    """The resolved config as YAML on stdout."""
+    import yaml
+
+    from densessl.config_io import to_dict
+
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False), end="")
+
+
+def run_tool(body: Callable[[], int], non_finite: type[BaseException]) -> int:
+    """Run a training tool's body; turn user-facing errors into one ``error:`` line and an exit code."""
+    from densessl.data.images import ImageLoadError
+
+    try:
+        return body()
+    except non_finite as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except (FileExistsError, FileNotFoundError, ValueError, ImageLoadError, DiskFullError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE

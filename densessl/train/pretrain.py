@@ -1,0 +1,323 @@
+"""The pretraining recipe: self-supervised pretraining of a backbone with one objective, on the shared engine.
+
+``train(cfg, run_dir, resume)`` runs on a CPU, one GPU or under ``torchrun``, top to bottom: build the backbone and
+objective, the multi-crop data, the optimizer; then for each step set the learning rate (warm-up + cosine), take one
+optimizer step over ``optim.accumulate`` micro-batches (``engine.optimizer_step``), update the EMA teacher if the
+method has one, log, checkpoint, and stop cleanly on SIGTERM/SIGINT. At the end the backbone is exported
+(``densessl.weights.save_backbone``: ``backbone.safetensors`` with its architecture and config, ``backbone.pt`` for
+timm, ``backbone.json``).
+
+Run directory: see ``densessl.train.engine`` (``config.yaml``, ``metrics.jsonl``, ``train.log``, ``resumes.jsonl``,
+``checkpoints/{last,previous}.pt``, ``checkpoints/epoch_*.pt`` with ``train.keep_every_epochs``), plus the exported
+backbone files.
+
+Exact resume: ``train(cfg, run_dir, resume="yes")`` continues from ``checkpoints/last.pt`` and ends with the same
+weights as an uninterrupted run (bit-identical on the CPU) because data order, augmentations and RNG states are all
+restored. A non-finite loss stops the run before the optimizer step, keeping the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from densessl.backbones import DenseBackbone, encode_views
+from densessl.config import Config
+from densessl.config_io import to_dict
+from densessl.data.collate import Views, collate_views
+from densessl.data.pretrain_data import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
+from densessl.data.transforms import MultiCrop, MultiCropConfig
+from densessl.diagnostics import collapse_summary, match_precision_over_dataset
+from densessl.objectives import OBJECTIVES
+from densessl.objectives.momentum import ema_update, frozen_copy
+from densessl.train import engine
+from densessl.train.engine import NonFiniteLossError, ResumeMode
+from densessl.train.optim import build_optimizer, lr_at
+from densessl.weights import save_backbone
+
+__all__ = ["FIXED_ON_RESUME", "NonFiniteLossError", "Pretrainer", "TrainResult", "train", "dense_diagnostics"]
+
+logger = logging.getLogger("densessl")
+
+# Config keys a resume must not change: they change the model or what the saved iteration means.
+FIXED_ON_RESUME = ("method", "model.arch", "model.levels", "model.model_kwargs", "data.source", "data.root",
+                   "data.synthetic_images", "data.batch_size", "data.multicrop", "train.seed", "vicregl.projector",
+                   "vicregl.local_projector", "vicreg.projector", "densecl", "pixpro")
+
+
+class Pretrainer(nn.Module):
+    """Backbone + objective (+ EMA teacher backbone) in one module, so DDP wraps a single forward.
+
+    Objectives with ``uses_teacher = True`` receive the teacher backbone's features, computed by the same
+    ``encode_views`` as the student's under ``no_grad``; ``update_teacher`` moves the teacher backbone and the
+    objective's ``ema_pairs()`` heads by EMA after each optimizer step.
+    """
+
+    def __init__(self, backbone: DenseBackbone, objective: nn.Module, channels_last: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.objective = objective
+        self.channels_last = channels_last
+        self.teacher_backbone = frozen_copy(backbone) if getattr(objective, "uses_teacher", False) else None
+
+    def forward(self, views: Views) -> dict[str, Tensor]:
+        features = encode_views(self.backbone, views, self.channels_last)
+        teacher_features = None
+        if self.teacher_backbone is not None:
+            with torch.no_grad():
+                teacher_features = encode_views(self.teacher_backbone, views, self.channels_last)
+        return self.objective(features, views, teacher_features)
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA step of every (student, teacher) pair."""
+        if self.teacher_backbone is None:
+            return
+        ema_update(self.teacher_backbone, self.backbone, momentum)
+        for student, teacher in self.objective.ema_pairs():
+            ema_update(teacher, student, momentum)
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or interrupted) run produced."""
+
+    run_dir: Path
+    iteration: int
+    total_iterations: int
+    last_loss: float
+    backbone_path: Path | None
+    interrupted: bool
+
+
+def _build_dataset(cfg: Config) -> PretrainDataset:
+    if cfg.data.source == "synthetic":
+        images = SyntheticImages(cfg.data.synthetic_images, cfg.data.synthetic_size, seed=cfg.train.seed)
+    else:
+        images = ImageFolder(cfg.data.root)  # type: ignore[arg-type]
+    return PretrainDataset(images, MultiCrop(cfg.data.multicrop), seed=cfg.train.seed, strict=cfg.data.strict)
+
+
+@torch.no_grad()
+def dense_diagnostics(backbone: DenseBackbone, images: list, crop_size: int, device: torch.device,
+                      seed: int = 0) -> dict[str, float]:
+    """Label-free health of the dense features, for logging during pretraining.
+
+    ``match_precision``: fraction of learned (feature nearest-neighbour) matches between two geometry-only views of
+    each image that land within one cell of the true location (``densessl.diagnostics``); ``rankme_*`` and ``std_*``:
+    effective rank and mean per-dimension std of the backbone's pooled and dense representations of the first views.
+
+    Args:
+        backbone: The (unwrapped) backbone; its train/eval mode is restored afterwards.
+        images: PIL images, always the same ones so the numbers are comparable over training.
+        crop_size: Size of the two views.
+        device: Where the backbone lives.
+        seed: Crop seed (fixed: the same views at every call).
+    """
+    multicrop = MultiCrop(MultiCropConfig(global_size=crop_size, n_local=0, global_scale=(0.3, 1.0), flip_p=0.5,
+                                          jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0)))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        precision = match_precision_over_dataset(backbone, images, multicrop, radius_cells=1.0, seed=seed)
+        views = collate_views([multicrop(img, torch.Generator().manual_seed(seed + i)) for i, img in enumerate(images)])
+        feats = backbone(views.view(0).to(device))
+        summary = collapse_summary(feats.pooled.float().cpu(), feats.maps[-1].float().cpu())
+    finally:
+        backbone.train(was_training)
+    return {"match_precision": precision.precision, "match_chance": precision.chance, **summary}
+
+
+def train(
+    cfg: Config,
+    run_dir: str | os.PathLike,
+    resume: ResumeMode | bool = "no",
+    *,
+    allow_config_change: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> TrainResult:
+    """Pretrain a backbone with ``cfg.method`` and export it.
+
+    Args:
+        cfg: A validated config (``densessl.config.load_config``).
+        run_dir: Output folder.
+        resume: ``"no"`` (the folder must not hold a run), ``"yes"`` (continue from its checkpoint) or ``"auto"``
+            (continue if there is one); ``True``/``False`` mean yes/no.
+        allow_config_change: Resume even when the config changes the model, batch or crops (recorded).
+        on_step: Called with the iteration number after each finished step (after checkpointing), e.g. to stop a run
+            from a test.
+
+    Returns:
+        A ``TrainResult``; ``interrupted`` is set when a signal stopped the run (after saving a checkpoint).
+
+    Raises:
+        NonFiniteLossError: The loss became NaN/inf.
+        FileExistsError / densessl.train.engine.ResumeError / ValueError: Run directory, config or data problems.
+    """
+    run = engine.start_run(run_dir, to_dict(cfg), recipe="pretrain", resume=resume, device=cfg.train.device,
+                           precision=cfg.train.precision, log_every=cfg.train.log_every,
+                           tensorboard=cfg.train.tensorboard, fixed_keys=FIXED_ON_RESUME,
+                           accumulate=cfg.optim.accumulate, allow_config_change=allow_config_change,
+                           resolved_config=cfg)
+    try:
+        return _train(cfg, run, on_step)
+    finally:
+        engine.finish_run(run)
+
+
+def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) -> TrainResult:
+    device = run.device
+    # ---- batch geometry: batch_size is global; each process runs micro-batches of this size
+    per_step = run.world_size * cfg.optim.accumulate
+    if cfg.data.batch_size % per_step:
+        raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by processes x optim.accumulate "
+                         f"= {run.world_size} x {cfg.optim.accumulate}")
+    micro_batch = cfg.data.batch_size // per_step
+    if micro_batch < 2 and not run.distributed:
+        raise ValueError(f"each forward pass needs >= 2 images for the variance term; got {micro_batch}")
+
+    # ---- model (same init on every rank: seed before building; DDP also broadcasts from rank 0)
+    torch.manual_seed(cfg.train.seed)
+    backbone = DenseBackbone(cfg.model.arch, levels=cfg.model.levels, weights=cfg.model.weights,
+                             model_kwargs=cfg.model.model_kwargs)
+    method_cls, _ = OBJECTIVES[cfg.method]
+    objective = method_cls.from_backbone(backbone, cfg.objective)
+    pretrainer = Pretrainer(backbone, objective, cfg.train.channels_last)
+    model: nn.Module = pretrainer
+    if run.distributed and cfg.train.sync_bn:
+        if device.type == "cuda":
+            model = pretrainer = nn.SyncBatchNorm.convert_sync_batchnorm(pretrainer)
+        else:  # torch's SyncBatchNorm has no CPU kernel
+            logger.warning("train.sync_bn ignored on %s: BatchNorm statistics stay per process", device.type)
+    pretrainer.to(device)
+    if cfg.train.channels_last:
+        pretrainer.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer([pretrainer], cfg.optim)
+    scaler = engine.make_scaler(run)
+    # Map-only objectives leave the backbone's pooling head (e.g. ConvNeXt's head norm) without gradients.
+    model = engine.wrap_distributed(run, pretrainer, find_unused_parameters=not objective.uses_pooled)
+
+    # ---- data
+    dataset = _build_dataset(cfg)
+    sampler = ResumableSampler(len(dataset), run.world_size, run.rank, seed=cfg.train.seed)
+    steps_per_epoch = sampler.per_rank // (micro_batch * cfg.optim.accumulate)
+    if steps_per_epoch < 1:
+        raise ValueError(f"{len(dataset)} images are too few for one step of batch {cfg.data.batch_size}")
+    total_steps = steps_per_epoch * cfg.train.epochs
+    if cfg.train.max_iters is not None:
+        total_steps = min(total_steps, cfg.train.max_iters)
+    warmup_steps = min(int(round(cfg.optim.warmup_epochs * steps_per_epoch)), total_steps)
+    loader_generator = torch.Generator()  # keeps DataLoader seeding off the global RNG (exact resume)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=micro_batch, sampler=sampler, num_workers=cfg.data.num_workers,
+        collate_fn=collate_views, drop_last=True, pin_memory=device.type == "cuda",
+        generator=loader_generator, persistent_workers=False,
+    )
+
+    # ---- resume
+    step = run.start_iteration
+    if run.state is not None:
+        pretrainer.load_state_dict(run.state["model"])
+        optimizer.load_state_dict(run.state["optimizer"])
+        scaler.load_state_dict(run.state["scaler"])
+        engine.restore_rng(run.state["rng"])
+        loader_generator.set_state(run.state["loader_generator"])
+        run.state = None  # free the memory
+
+    def save(path: Path | None = None) -> None:
+        engine.save_checkpoint(run, step, {"epoch": step // steps_per_epoch, "model": pretrainer.state_dict(),
+                                           "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                                           "loader_generator": loader_generator.get_state(),
+                                           "arch": cfg.model.arch}, path, accumulate=cfg.optim.accumulate)
+
+    diagnostic_images = []
+    if run.main and cfg.train.diagnostics_every:
+        count = min(cfg.train.diagnostics_images, len(dataset))
+        diagnostic_images = [dataset.images[i] for i in range(count)]
+
+    def log_diagnostics() -> None:
+        record = {"iteration": step, "epoch": step / steps_per_epoch,
+                  **dense_diagnostics(pretrainer.backbone, diagnostic_images, cfg.train.diagnostics_size,
+                                      device, seed=cfg.train.seed)}
+        engine.log_record(run, record, tensorboard_prefix="diagnostics")
+        logger.info("iteration %d: match precision %.3f (chance %.3f), RankMe global %.1f local %.1f", step,
+                    record["match_precision"], record["match_chance"], record["rankme_global"], record["rankme_local"])
+
+    def forward(module: nn.Module, views: Views) -> dict[str, Tensor]:
+        return module(views.to(device, non_blocking=True))
+
+    progress = tqdm(total=total_steps, initial=step, disable=not (run.main and cfg.train.progress),
+                    dynamic_ncols=True, desc=f"{cfg.method}/{cfg.model.arch}")
+    skipped_total = 0
+    last_loss = math.nan
+    interrupted = False
+    backbone_path = None
+    logger.info("training %s on %s: %d steps (%d per epoch), global batch %d, micro-batch %d x %d processes x %d "
+                "accumulation, device %s, precision %s", cfg.method, cfg.model.arch, total_steps, steps_per_epoch,
+                cfg.data.batch_size, micro_batch, run.world_size, cfg.optim.accumulate, device,
+                run.amp_dtype or "fp32")
+    model.train()
+    try:
+        if diagnostic_images and step == 0:
+            log_diagnostics()
+        while step < total_steps and not interrupted:
+            epoch, step_in_epoch = divmod(step, steps_per_epoch)
+            dataset.set_epoch(epoch)
+            sampler.set_epoch(epoch, start=step_in_epoch * micro_batch * cfg.optim.accumulate)
+            batches = iter(loader)
+            for _ in range(step_in_epoch, min(steps_per_epoch, step_in_epoch + total_steps - step)):
+                lr = lr_at(step, total_steps, warmup_steps, cfg.optim, cfg.data.batch_size)
+                engine.set_lr(optimizer, lr)
+                micro_batches = [next(batches) for _ in range(cfg.optim.accumulate)]
+                for views in micro_batches:
+                    skipped_total += int(views.extras.pop("skipped").sum())
+                terms = engine.optimizer_step(run, model, optimizer, scaler, micro_batches, forward, iteration=step,
+                                              clip_grad=cfg.optim.clip_grad)
+                if pretrainer.teacher_backbone is not None:
+                    pretrainer.update_teacher(pretrainer.objective.momentum_at(step, total_steps))
+                step += 1
+                last_loss = float(terms["loss"])
+                progress.update(1)
+                record = engine.log_step(run, step, total_steps, terms, lr=lr, images=cfg.data.batch_size,
+                                         extra={"skipped_images": skipped_total}, steps_per_epoch=steps_per_epoch)
+                if record is not None:
+                    progress.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
+                if diagnostic_images and (step % cfg.train.diagnostics_every == 0 or step == total_steps):
+                    log_diagnostics()
+
+                epoch_done = step % steps_per_epoch == 0
+                if (
+                    step == total_steps
+                    or (cfg.train.checkpoint_every_iters and step % cfg.train.checkpoint_every_iters == 0)
+                    or (epoch_done and (step // steps_per_epoch) % cfg.train.checkpoint_every_epochs == 0)
+                ):
+                    save()
+                keep = cfg.train.keep_every_epochs
+                if epoch_done and keep and (step // steps_per_epoch) % keep == 0:
+                    save(run.run_dir / "checkpoints" / f"epoch_{step // steps_per_epoch:04d}.pt")
+                if on_step is not None:
+                    on_step(step)
+                signum = engine.stop_requested(run)
+                if signum:
+                    save()
+                    interrupted = True
+                    logger.warning("stopped by signal %d at iteration %d; resume with --resume", signum, step)
+                    break
+            del batches
+        if skipped_total:
+            logger.warning("skipped %d unreadable images (data.strict=true makes them fatal)", skipped_total)
+        if not interrupted and run.main:
+            exported = save_backbone(pretrainer.backbone.model, run.run_dir, cfg.model.arch, to_dict(cfg))
+            backbone_path = exported.safetensors
+            logger.info("done: %d iterations, last loss %.4f, backbone saved to %s", step, last_loss, backbone_path)
+    finally:
+        progress.close()
+    return TrainResult(run.run_dir, step, total_steps, last_loss, backbone_path, interrupted)

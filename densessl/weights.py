@@ -1,0 +1,495 @@
+"""Backbone weight files: the export written at the end of pretraining, and reading every weights file densessl takes.
+
+``save_backbone`` writes three files into a run directory, each atomically (``densessl.atomic``: temporary file in the
+same folder, then ``os.replace``)::
+
+    backbone.safetensors  the backbone's timm state dict; string metadata "arch", "format" ("densessl-backbone"),
+                          "format_version", "densessl_version" and "config" (the training config as JSON text)
+    backbone.pt           the same state dict via torch.save: timm.create_model(arch, pretrained=False,
+                          num_classes=0).load_state_dict(torch.load(p, weights_only=True)) loads it strictly
+    backbone.json         {"arch", "config", "files", ...}: states the architecture of backbone.pt as well
+
+``read_backbone_weights`` recognizes a file by its first bytes (not its name) and always reads on the CPU without
+unpickling Python objects (safetensors, or ``torch.load(weights_only=True)``). It accepts:
+
+* ``.safetensors`` files (architecture from densessl's metadata, when present);
+* torch files (``.pt``/``.pth``/``.bin``) holding a timm state dict (architecture from a ``backbone.json`` in the same
+  folder that lists the file);
+* densessl training checkpoints (``runs/<run>/checkpoints/last.pt``, ``epoch_*.pt``): the student backbone's
+  weights (keys ``backbone.model.*`` of the checkpoint's ``"model"``), architecture and config from the checkpoint;
+* wrapper dicts ``{"state_dict": ...}``, ``{"model": ...}``, ``{"backbone": ...}``, with DDP's ``module.`` prefix
+  removed.
+
+Anything else fails with one ``ValueError`` naming the file and the cause (``FileNotFoundError`` for a missing file).
+``load_backbone_weights`` loads a file into a timm model, strictly, skipping only classifier-head keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import re
+import struct
+import warnings
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FORMAT",
+    "BackboneWeights",
+    "ExportedWeights",
+    "load_backbone_weights",
+    "read_backbone_weights",
+    "resolve_arch",
+    "save_backbone",
+]
+
+logger = logging.getLogger("densessl")
+
+FORMAT = "densessl-backbone"
+FORMAT_VERSION = "1"
+SAFETENSORS_NAME = "backbone.safetensors"
+TORCH_NAME = "backbone.pt"
+JSON_NAME = "backbone.json"
+
+_CHECKPOINT_PREFIX = "backbone.model."  # Pretrainer.backbone (DenseBackbone) .model (the timm model)
+_WRAPPER_KEYS = ("state_dict", "model", "backbone")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2: torch.save's legacy format (or a plain pickle)
+
+
+@dataclass(frozen=True)
+class ExportedWeights:
+    """The files ``save_backbone`` wrote.
+
+    Attributes:
+        safetensors: ``<run_dir>/backbone.safetensors`` (tensors + metadata; the file to hand to other tools).
+        pt: ``<run_dir>/backbone.pt`` (the same timm state dict, via ``torch.save``).
+        json: ``<run_dir>/backbone.json`` (architecture, config and the list of files).
+    """
+
+    safetensors: Path
+    pt: Path
+    json: Path
+
+
+@dataclass
+class BackboneWeights:
+    """A backbone's weights as read from a file.
+
+    Attributes:
+        state_dict: The timm model's state dict (``timm.create_model(arch, num_classes=0)`` key names), on the CPU.
+        arch: The timm architecture the file states, or ``None`` when it states none.
+        config: The training config stored with the weights (plain types), or ``None``.
+        source: What the file was, e.g. ``"densessl backbone export"``, ``"timm state dict"``,
+            ``"densessl training checkpoint (iteration 500)"``.
+        path: The file read.
+        arch_origin: Where ``arch`` came from, e.g. ``"backbone.safetensors metadata"``, ``"backbone.json"``,
+            ``"checkpoint config"``; ``None`` when ``arch`` is ``None``.
+    """
+
+    state_dict: dict[str, Tensor]
+    arch: str | None
+    config: dict[str, Any] | None
+    source: str
+    path: Path | None = None
+    arch_origin: str | None = None
+
+    def describe_arch(self) -> str:
+        """``"'resnet50' (from backbone.safetensors metadata)"``, or ``"no architecture"``."""
+        if self.arch is None:
+            return "no architecture"
+        return f"{self.arch!r} (from {self.arch_origin})" if self.arch_origin else repr(self.arch)
+
+
+# --------------------------------------------------------------------------- #
+# Writing
+# --------------------------------------------------------------------------- #
+
+
+def _standalone_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Detached, contiguous CPU tensors that share no memory (safetensors refuses shared storage).
+
+    A tensor is cloned when its storage was already used by an earlier key (tied weights) or when it covers only
+    part of its storage (a view: ``torch.save`` would write the whole storage).
+    """
+    seen: set[int] = set()
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        storage = tensor.untyped_storage()
+        pointer = storage.data_ptr()
+        partial = tensor.data_ptr() != pointer or tensor.numel() * tensor.element_size() != storage.nbytes()
+        if pointer != 0 and (pointer in seen or partial):
+            tensor = tensor.clone(memory_format=torch.contiguous_format)
+        else:
+            seen.add(pointer)
+        out[key] = tensor
+    return out
+
+
+def _timm_model(backbone_model: nn.Module) -> nn.Module:
+    """The timm model inside a ``DenseBackbone``, or ``backbone_model`` itself."""
+    from densessl.backbones import DenseBackbone  # lazy: densessl.backbones imports this module
+
+    return backbone_model.model if isinstance(backbone_model, DenseBackbone) else backbone_model
+
+
+def save_backbone(backbone_model: nn.Module, run_dir: str | os.PathLike, arch: str,
+                  config: dict[str, Any] | None = None) -> ExportedWeights:
+    """Write ``backbone.safetensors``, ``backbone.pt`` and ``backbone.json`` into ``run_dir``, each atomically.
+
+    Args:
+        backbone_model: The timm model (a ``DenseBackbone`` is unwrapped to its ``.model``); its ``state_dict()``
+            is saved with timm key names.
+        run_dir: Output folder (created if needed). Existing export files are replaced.
+        arch: The timm architecture name, stored so that tools need no ``--arch``.
+        config: The training config as plain types (``densessl.config_io.to_dict``), stored as JSON; values JSON
+            cannot hold are written as their ``str()``.
+
+    Returns:
+        The paths written.
+
+    Raises:
+        ValueError: ``arch`` is empty.
+        densessl.atomic.DiskFullError: No space left (files already there are intact).
+    """
+    from safetensors.torch import save as safetensors_bytes
+
+    from densessl import __version__
+    from densessl.atomic import atomic_torch_save, atomic_write, atomic_write_json
+
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"save_backbone needs the timm architecture name, got {arch!r}")
+    state = _standalone_tensors(_timm_model(backbone_model).state_dict())
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_text = json.dumps(config, default=str)
+    metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "densessl_version": __version__,
+                "config": config_text}
+    exported = ExportedWeights(run_dir / SAFETENSORS_NAME, run_dir / TORCH_NAME, run_dir / JSON_NAME)
+    atomic_write(exported.safetensors, lambda handle: handle.write(safetensors_bytes(state, metadata=metadata)))
+    atomic_torch_save(state, exported.pt)
+    atomic_write_json(exported.json, {"format": FORMAT, "format_version": int(FORMAT_VERSION),
+                                      "densessl_version": __version__, "arch": arch, "config": json.loads(config_text),
+                                      "files": [SAFETENSORS_NAME, TORCH_NAME]})
+    return exported
+
+
+# --------------------------------------------------------------------------- #
+# Reading
+# --------------------------------------------------------------------------- #
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file starts with a little-endian u64 header length, then the JSON header ``{...``."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 8 + header_len <= size
+
+
+def _read_safetensors(path: Path) -> BackboneWeights:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"weights file {str(path)!r} is a damaged or truncated safetensors file "
+                         f"({_first_sentence(error)}); export or copy it again") from None
+    arch = metadata.get("arch") or None
+    config = None
+    if metadata.get("config"):
+        try:
+            config = json.loads(metadata["config"])
+        except json.JSONDecodeError:
+            logger.warning("%s: the 'config' metadata is not valid JSON; ignoring it", path)
+    if not isinstance(config, dict):
+        config = None
+    densessl = metadata.get("format") == FORMAT
+    return BackboneWeights(state, arch, config, "densessl backbone export" if densessl else "safetensors state dict",
+                           path, f"{path.name} metadata" if arch else None)
+
+
+def _first_sentence(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return (text.split(". ")[0].rstrip(".") if text else type(error).__name__)[:300]
+
+
+def _verify_zip(path: Path) -> None:
+    """Check the CRC of every member of a torch zip file (torch does not), so damaged bytes never load silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as error:
+        raise ValueError(f"weights file {str(path)!r} is damaged or truncated (not a complete torch zip archive: "
+                         f"{_first_sentence(error)}); export or copy it again") from None
+    if bad is not None:
+        raise ValueError(f"weights file {str(path)!r} is damaged: member {bad!r} fails its CRC check (its bytes "
+                         "changed after it was written); export or copy it again")
+
+
+def _torch_load(path: Path) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU, translating torch's errors into one clear ``ValueError``."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*")  # plain pickles: we explain below
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        if found:
+            raise ValueError(f"weights file {str(path)!r} holds Python objects other than tensors ({found.group(1)}); "
+                             "densessl never unpickles those. Save a plain state dict instead: "
+                             "torch.save(model.state_dict(), path)") from None
+        operand = re.search(r"Unsupported operand[^\n]*", str(error))
+        detail = operand.group(0).strip() if operand else "not torch.save's format"
+        raise ValueError(f"weights file {str(path)!r} is a Python pickle but not a torch weights file ({detail}); "
+                         "densessl reads only tensors and plain values. Save a plain state dict with "
+                         "torch.save(model.state_dict(), path)") from None
+    except RuntimeError as error:
+        if "PytorchStreamReader" in str(error) or "zip archive" in str(error):
+            raise ValueError(f"weights file {str(path)!r} is damaged or truncated: torch cannot read its zip archive "
+                             f"({_first_sentence(error)}); export or copy it again") from None
+        raise ValueError(f"cannot read weights file {str(path)!r} as a torch file: {_first_sentence(error)}") from None
+    except Exception as error:  # noqa: BLE001 (torch raises KeyError, IndexError, EOFError ... on damaged files)
+        raise ValueError(f"cannot read weights file {str(path)!r} as a torch file ({type(error).__name__}: "
+                         f"{_first_sentence(error)}); it is damaged or not written by torch.save") from None
+
+
+def _sidecar_arch(path: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """Architecture and config from ``backbone.json`` beside ``path``, if that file lists ``path``'s name."""
+    sidecar = path.parent / JSON_NAME
+    if not sidecar.is_file():
+        return None, None
+    try:
+        data = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        logger.warning("ignoring %s: %s", sidecar, error)
+        return None, None
+    if not isinstance(data, dict) or path.name not in (data.get("files") or []):
+        return None, None
+    arch = data.get("arch") if isinstance(data.get("arch"), str) and data.get("arch") else None
+    config = data.get("config") if isinstance(data.get("config"), dict) else None
+    return arch, config
+
+
+def _is_tensor_dict(value: Any) -> bool:
+    return isinstance(value, dict) and bool(value) and all(isinstance(v, Tensor) for v in value.values())
+
+
+def _describe_keys(value: dict) -> str:
+    keys = [repr(k) for k in list(value)[:8]]
+    return "[" + ", ".join(keys) + (", ...]" if len(value) > 8 else "]")
+
+
+def _is_training_checkpoint(loaded: Any) -> bool:
+    """A densessl training checkpoint: ``{"iteration": N, "model": Pretrainer state dict, ...}``.
+
+    Both layouts are recognized: ``{"format": "densessl-checkpoint-v2", "recipe": ..., ...}`` (``densessl.train
+    .engine``) and the earlier ``{"densessl_version": 1, ...}``.
+    """
+    if not (isinstance(loaded, dict) and "iteration" in loaded and isinstance(loaded.get("model"), dict)):
+        return False
+    fmt = loaded.get("format")
+    return (isinstance(fmt, str) and fmt.startswith("densessl-checkpoint")) or "densessl_version" in loaded or any(
+        isinstance(k, str) and k.startswith(_CHECKPOINT_PREFIX) for k in loaded["model"])
+
+
+def _from_checkpoint(path: Path, state: dict[str, Any]) -> BackboneWeights:
+    """The student backbone of a densessl training checkpoint (``densessl.train.pretrain``)."""
+    model_state = state["model"]
+    backbone = {k[len(_CHECKPOINT_PREFIX):]: v for k, v in model_state.items()
+                if isinstance(k, str) and k.startswith(_CHECKPOINT_PREFIX)}
+    if not backbone:
+        recipe = f" of recipe {state['recipe']!r}" if isinstance(state.get("recipe"), str) else ""
+        raise ValueError(f"weights file {str(path)!r} is a densessl training checkpoint{recipe} without pretraining "
+                         f"backbone weights (no '{_CHECKPOINT_PREFIX}*' keys in its 'model' entry); pass the "
+                         "backbone.safetensors of a pretraining run instead")
+    config = state.get("config") if isinstance(state.get("config"), dict) else None
+    arch, origin = state.get("arch"), "checkpoint"
+    if not (isinstance(arch, str) and arch):
+        model_cfg = (config or {}).get("model")
+        arch = model_cfg.get("arch") if isinstance(model_cfg, dict) else None
+        arch, origin = (arch, "checkpoint config") if isinstance(arch, str) and arch else (None, None)
+    iteration = state.get("iteration")
+    return BackboneWeights(backbone, arch, config, f"densessl training checkpoint (iteration {iteration})", path,
+                           origin)
+
+
+def _unwrap_state_dict(path: Path, loaded: Any) -> tuple[dict[str, Tensor], str]:
+    """The tensor dict inside a torch file's object, and a description of the wrapping."""
+    if not isinstance(loaded, dict):
+        raise ValueError(f"weights file {str(path)!r} holds a {type(loaded).__name__}, not a state dict "
+                         "(a dict of parameter name -> tensor)")
+    if not loaded:
+        raise ValueError(f"weights file {str(path)!r} holds an empty dict: there are no weights in it")
+    state, source = loaded, "timm state dict"
+    for key in _WRAPPER_KEYS:
+        if not _is_tensor_dict(state) and isinstance(state.get(key), dict):
+            state, source = state[key], f"state dict under {key!r}"
+    if not state:
+        raise ValueError(f"weights file {str(path)!r} holds an empty state dict: there are no weights in it")
+    if not _is_tensor_dict(state):
+        others = sorted({type(v).__name__ for v in state.values() if not isinstance(v, Tensor)})
+        raise ValueError(f"weights file {str(path)!r} is not a state dict of tensors: it holds "
+                         f"{', '.join(others)} values (keys {_describe_keys(state)}); expected parameter name -> "
+                         "tensor, or a dict with one under 'state_dict', 'model' or 'backbone'")
+    keys = [k for k in state if isinstance(k, str)]
+    if len(keys) == len(state) and all(k.startswith("module.") for k in keys):  # saved from a DDP-wrapped model
+        state = {k[len("module."):]: v for k, v in state.items()}
+        source += " (DDP 'module.' prefix removed)"
+    return state, source
+
+
+def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:
+    """Read a backbone's timm state dict, and the architecture/config the file states, from any accepted file.
+
+    See the module docstring for the accepted files. Nothing is unpickled beyond tensors and plain types.
+
+    Args:
+        path: A ``.safetensors`` file, a torch file holding a (wrapped) state dict, or a densessl training
+            checkpoint.
+
+    Returns:
+        The weights, with ``arch``/``config`` as stated by the file (``None`` when it states none).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file is a directory, is empty, is neither a torch nor a safetensors file, is damaged or
+            truncated, holds Python objects other than tensors, or holds no tensors (the message names the file and
+            the cause).
+    """
+    path = Path(path)
+    if path.is_dir():
+        inside = next((path / name for name in (SAFETENSORS_NAME, TORCH_NAME) if (path / name).is_file()), None)
+        hint = f"; did you mean {str(inside)!r}?" if inside else ""
+        raise ValueError(f"weights path {str(path)!r} is a directory, not a weights file{hint}")
+    if not path.is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {str(path)!r}")
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if size == 0:
+        raise ValueError(f"weights file {str(path)!r} is empty (0 bytes); export or copy it again")
+    if _is_safetensors(head, size):
+        return _read_safetensors(path)
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise ValueError(f"{str(path)!r} is not a torch or safetensors weights file (it starts with bytes {head!r}; "
+                         "expected a file written by torch.save or safetensors)")
+    if head.startswith(_ZIP_MAGIC):
+        _verify_zip(path)
+    loaded = _torch_load(path)
+    if _is_training_checkpoint(loaded):
+        return _from_checkpoint(path, loaded)
+    state, source = _unwrap_state_dict(path, loaded)
+    arch, config = _sidecar_arch(path)
+    origin = JSON_NAME if arch else None
+    if arch is None and isinstance(loaded, dict) and isinstance(loaded.get("arch"), str) and loaded["arch"]:
+        arch, origin = loaded["arch"], "the file's 'arch' entry"
+    if arch is not None and source == "timm state dict" and origin == JSON_NAME:
+        source = "densessl backbone export"
+    return BackboneWeights(state, arch, config, source, path, origin)
+
+
+# --------------------------------------------------------------------------- #
+# Loading into a model, choosing the architecture
+# --------------------------------------------------------------------------- #
+
+
+def _base_name(arch: str) -> str:
+    """``resnet50.a1_in1k`` -> ``resnet50`` (a pretrained tag does not change the architecture)."""
+    return arch.split(".", 1)[0]
+
+
+def resolve_arch(arch: str | None, weights: BackboneWeights | None, option: str = "--arch") -> str:
+    """The architecture to build: the one given, else the one the weights file states.
+
+    Args:
+        arch: The architecture the user gave, or ``None``.
+        weights: The weights read with ``read_backbone_weights``, or ``None`` for a random init.
+        option: How the user gives an architecture, for the messages.
+
+    Returns:
+        The timm architecture name.
+
+    Raises:
+        ValueError: Neither gives an architecture, or both do and they differ.
+    """
+    if weights is None:
+        if not arch:
+            raise ValueError(f"random weights need an architecture: pass {option} (a timm model name, e.g. resnet18)")
+        return arch
+    where = str(weights.path) if weights.path is not None else "the weights file"
+    if not arch:
+        if weights.arch is None:
+            raise ValueError(f"weights file {where!r} ({weights.source}) states no architecture; pass {option} "
+                             "(the timm model name it was trained with, e.g. resnet50)")
+        return weights.arch
+    if weights.arch is not None and _base_name(weights.arch) != _base_name(arch):
+        raise ValueError(f"{option} {arch} does not match weights file {where!r}: the weights are for "
+                         f"{weights.describe_arch()}; drop {option} to use the file's architecture")
+    return arch
+
+
+def _model_arch(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None)
+    arch = cfg.get("architecture") if isinstance(cfg, dict) else None
+    return arch if isinstance(arch, str) else None
+
+
+def load_backbone_weights(model: nn.Module, weights: str | os.PathLike | BackboneWeights) -> BackboneWeights:
+    """Load a weights file into a timm model, strictly, skipping only classifier-head keys.
+
+    Any file ``read_backbone_weights`` accepts works. Keys of the model's classifier (``pretrained_cfg
+    ["classifier"]``, e.g. ``fc`` or ``head``) that the model lacks are skipped, so files saved from a model with a
+    classifier load into ``num_classes=0`` backbones.
+
+    Args:
+        model: A timm model (e.g. ``DenseBackbone.model``).
+        weights: A weights file, or weights already read with ``read_backbone_weights``.
+
+    Returns:
+        The weights read (with the architecture and config the file states).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        ValueError: The file cannot be read, or its keys/shapes do not fit the model (the message lists them and,
+            when the file states another architecture, names both).
+    """
+    read = weights if isinstance(weights, BackboneWeights) else read_backbone_weights(weights)
+    where = str(read.path) if read.path is not None else "<in memory>"
+    model_arch = _model_arch(model)
+    own = model.state_dict()
+    # Files saved from a model with a classifier carry its weights; our backbones are built with num_classes=0.
+    classifier = getattr(model, "pretrained_cfg", {}).get("classifier") or "fc"
+    classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+    state = {k: v for k, v in read.state_dict.items()
+             if k in own or not k.startswith(tuple(f"{c}." for c in classifiers))}
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                  for k in sorted(set(own) & set(state)) if state[k].shape != own[k].shape]
+    differs = read.arch is not None and model_arch is not None and _base_name(read.arch) != _base_name(model_arch)
+    if missing or unexpected or mismatched:
+        arch_note = (f"weights are for {read.describe_arch()} but the model is {model_arch!r}; "
+                     if differs else "")
+        raise ValueError(
+            f"weights file {where!r} ({read.source}) does not fit {model_arch or type(model).__name__}: {arch_note}"
+            f"{len(missing)} missing keys {missing[:5]}, {len(unexpected)} unexpected keys {unexpected[:5]}, "
+            f"{len(mismatched)} shape mismatches {mismatched[:5]}. Check --arch matches the weights (or drop it when "
+            "the file states its architecture)."
+        )
+    if differs:
+        logger.warning("%s: weights are for %s but the model is %r; their keys and shapes fit, loading anyway",
+                       where, read.describe_arch(), model_arch)
+    model.load_state_dict(state, strict=True)
+    return read

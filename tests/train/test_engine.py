@@ -1,0 +1,197 @@
+"""The shared training engine: accumulation, checkpoints (integrity, fallback, full disk), resume rules, logging."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from densessl.atomic import DiskFullError, atomic_torch_save
+from densessl.train import engine
+from densessl.train.engine import ResumeError
+
+CONFIG = {"model": {"arch": "tiny"}, "optim": {"lr": 0.1}, "data": {"batch_size": 8}}
+
+
+def _regression(model: nn.Module, batch: tuple[Tensor, Tensor]) -> dict[str, Tensor]:
+    inputs, targets = batch
+    loss = ((model(inputs) - targets) ** 2).mean()
+    return {"loss": loss, "mse": loss.detach()}
+
+
+def _start(run_dir: Path, resume: str = "no", config: dict | None = None, **kwargs) -> engine.Run:
+    return engine.start_run(run_dir, config or CONFIG, recipe="test", resume=resume, device="cpu", log_every=1,
+                            fixed_keys=("model.arch", "data.batch_size"), **kwargs)
+
+
+def test_gradient_accumulation_equals_the_full_batch(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    inputs, targets = torch.randn(8, 5), torch.randn(8, 3)
+    models = [nn.Linear(5, 3), nn.Linear(5, 3)]
+    models[1].load_state_dict(models[0].state_dict())
+    run = _start(tmp_path / "run")
+    try:
+        for model, micro in zip(models, ([(inputs, targets)], [(inputs[:4], targets[:4]), (inputs[4:], targets[4:])])):
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+            terms = engine.optimizer_step(run, model, optimizer, engine.make_scaler(run), micro, _regression,
+                                          iteration=0, clip_grad=10.0)
+            assert set(terms) == {"loss", "mse"}
+    finally:
+        engine.finish_run(run)
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_non_finite_loss_takes_no_step(tmp_path: Path) -> None:
+    model = nn.Linear(2, 1)
+    before = [p.detach().clone() for p in model.parameters()]
+    run = _start(tmp_path / "run")
+    try:
+        batch = (torch.full((2, 2), float("nan")), torch.zeros(2, 1))
+        with pytest.raises(engine.NonFiniteLossError, match="non-finite loss at iteration 5"):
+            engine.optimizer_step(run, model, torch.optim.SGD(model.parameters(), lr=1.0), engine.make_scaler(run),
+                                  [batch], _regression, iteration=4)
+    finally:
+        engine.finish_run(run)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def _save_two_checkpoints(run_dir: Path) -> engine.Run:
+    run = _start(run_dir)
+    try:
+        for iteration in (1, 2):
+            engine.save_checkpoint(run, iteration, {"model": {"w": torch.full((4096,), float(iteration))}})
+    finally:
+        engine.finish_run(run)
+    return run
+
+
+def test_damaged_last_checkpoint_is_detected_and_the_previous_one_is_used(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _save_two_checkpoints(tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    assert engine.load_checkpoint(tmp_path / "run" / "checkpoints" / "previous.pt")["iteration"] == 1
+    data = bytearray(last.read_bytes())
+    start = data.index(b"\x00\x00\x00@") + 64  # somewhere inside the tensor bytes
+    data[start:start + 4096] = bytes(4096)
+    last.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match=r"last\.pt.*damaged"):
+        engine.load_checkpoint(last)
+    with caplog.at_level(logging.WARNING, logger="densessl"):
+        run = _start(tmp_path / "run", resume="yes")
+    engine.finish_run(run)
+    assert run.start_iteration == 1 and "previous checkpoint" in caplog.text
+
+
+@pytest.mark.parametrize("content", [b"hello, this is text\n" * 10, bytes(range(256)) * 8])
+def test_foreign_bytes_get_a_clear_error_without_unsafe_advice(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "last.pt"
+    path.write_bytes(content)
+    with pytest.raises(ValueError) as info:
+        engine.load_checkpoint(path)
+    assert "last.pt" in str(info.value) and "weights_only=False" not in str(info.value)
+
+
+def test_both_checkpoints_damaged_is_one_resume_error(tmp_path: Path) -> None:
+    _save_two_checkpoints(tmp_path / "run")
+    for name in ("last.pt", "previous.pt"):
+        path = tmp_path / "run" / "checkpoints" / name
+        path.write_bytes(path.read_bytes()[:1000])  # truncated
+    with pytest.raises(ResumeError, match="previous.pt.*no usable checkpoint"):
+        _start(tmp_path / "run", resume="auto")
+
+
+def test_full_disk_is_named_and_loses_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "last.pt"
+    atomic_torch_save({"iteration": 1}, target)
+    original = torch.save
+
+    def fill_disk(obj, handle, *args, **kwargs):
+        handle.write(b"x" * 1000)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", fill_disk)
+    with pytest.raises(DiskFullError, match="no space left on device while writing"):
+        atomic_torch_save({"iteration": 2}, target)
+    monkeypatch.setattr(torch, "save", original)
+    assert torch.load(target, weights_only=True) == {"iteration": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left
+
+
+def test_start_up_sweeps_temporary_files_of_killed_writes(tmp_path: Path) -> None:
+    _save_two_checkpoints(tmp_path / "run")
+    orphan = tmp_path / "run" / "checkpoints" / ".last.pt.abc123.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    engine.finish_run(_start(tmp_path / "run", resume="auto"))
+    assert not orphan.exists()
+
+
+def test_resume_rules(tmp_path: Path) -> None:
+    with pytest.raises(ResumeError, match="no checkpoint"):
+        _start(tmp_path / "none", resume="yes")
+    assert not (tmp_path / "none").exists()
+    _save_two_checkpoints(tmp_path / "run")
+    with pytest.raises(FileExistsError, match="already holds a run"):
+        _start(tmp_path / "run", resume="no")
+    engine.finish_run(run := _start(tmp_path / "run", resume="auto"))
+    assert run.start_iteration == 2
+
+
+def test_resume_refuses_breaking_config_changes_before_writing_anything(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _save_two_checkpoints(tmp_path / "run")
+    config_before = (tmp_path / "run" / "config.yaml").read_text()
+    changed = {**CONFIG, "model": {"arch": "other"}, "data": {"batch_size": 16}}
+    with pytest.raises(ResumeError) as info:
+        _start(tmp_path / "run", resume="yes", config=changed)
+    assert "model.arch: 'tiny' -> 'other'" in str(info.value) and "data.batch_size: 8 -> 16" in str(info.value)
+    assert "--allow-config-change" in str(info.value)
+    assert (tmp_path / "run" / "config.yaml").read_text() == config_before
+    with pytest.raises(ResumeError, match="processes x accumulation"):
+        _start(tmp_path / "run", resume="yes", accumulate=2)
+
+    new_lr = {**CONFIG, "optim": {"lr": 0.01}}
+    with caplog.at_level(logging.WARNING, logger="densessl"):
+        engine.finish_run(_start(tmp_path / "run", resume="yes", config=new_lr))
+    assert "optim.lr: 0.1 -> 0.01" in caplog.text
+    record = json.loads((tmp_path / "run" / "resumes.jsonl").read_text().splitlines()[-1])
+    assert record["iteration"] == 2 and record["config_changes"] == {"optim.lr": [0.1, 0.01]}
+    assert "lr: 0.01" in (tmp_path / "run" / "config.yaml").read_text()
+    engine.finish_run(_start(tmp_path / "run", resume="yes", config=changed, allow_config_change=True))
+    assert "model.arch" in (tmp_path / "run" / "resumes.jsonl").read_text().splitlines()[-1]
+
+
+def test_metrics_partial_last_line_is_dropped_and_a_fresh_start_does_not_mix_runs(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _save_two_checkpoints(tmp_path / "run")
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    metrics.write_text('{"iteration": 1, "loss": 1.0}\n{"iteration": 2, "loss": 0.9}\n{"iteration": 3, "lo')
+    with caplog.at_level(logging.WARNING, logger="densessl"):
+        engine.finish_run(_start(tmp_path / "run", resume="yes"))
+    assert "partial last line" in caplog.text
+    assert [json.loads(line)["iteration"] for line in metrics.read_text().splitlines()] == [1, 2]
+
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "metrics.jsonl").write_text('{"iteration": 7, "loss": 3.0}\n')  # a dead run that saved no checkpoint
+    engine.finish_run(_start(fresh))
+    assert (fresh / "metrics.jsonl").read_text() == ""
+
+
+def test_progress_line_with_eta_goes_to_train_log(tmp_path: Path) -> None:
+    run = _start(tmp_path / "run")
+    try:
+        for iteration in (1, 2, 3, 4):
+            record = engine.log_step(run, iteration, 4, {"loss": torch.tensor(2.0)}, lr=0.01, images=8)
+            assert record is not None and record["iteration"] == iteration
+    finally:
+        engine.finish_run(run)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "iteration 2/4 (50%) | loss 2.0000 | lr 0.01 |" in log and "ETA 0:00:00" in log
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in records] == [1, 2, 3, 4] and records[0]["loss"] == 2.0
