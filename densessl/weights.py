@@ -29,17 +29,15 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import re
 import struct
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from densessl.safe_load import first_sentence, load_plain, verify_torch_zip
 
 __all__ = [
     "FORMAT",
@@ -205,7 +203,7 @@ def _read_safetensors(path: Path) -> BackboneWeights:
             state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
     except (SafetensorError, OSError, ValueError, RuntimeError) as error:
         raise ValueError(f"weights file {str(path)!r} is a damaged or truncated safetensors file "
-                         f"({_first_sentence(error)}); export or copy it again") from None
+                         f"({first_sentence(error)}); export or copy it again") from None
     arch = metadata.get("arch") or None
     config = None
     if metadata.get("config"):
@@ -218,51 +216,6 @@ def _read_safetensors(path: Path) -> BackboneWeights:
     densessl = metadata.get("format") == FORMAT
     return BackboneWeights(state, arch, config, "densessl backbone export" if densessl else "safetensors state dict",
                            path, f"{path.name} metadata" if arch else None)
-
-
-def _first_sentence(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return (text.split(". ")[0].rstrip(".") if text else type(error).__name__)[:300]
-
-
-def _verify_zip(path: Path) -> None:
-    """Check the CRC of every member of a torch zip file (torch does not), so damaged bytes never load silently."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, ValueError) as error:
-        raise ValueError(f"weights file {str(path)!r} is damaged or truncated (not a complete torch zip archive: "
-                         f"{_first_sentence(error)}); export or copy it again") from None
-    if bad is not None:
-        raise ValueError(f"weights file {str(path)!r} is damaged: member {bad!r} fails its CRC check (its bytes "
-                         "changed after it was written); export or copy it again")
-
-
-def _torch_load(path: Path) -> Any:
-    """``torch.load(weights_only=True)`` on the CPU, translating torch's errors into one clear ``ValueError``."""
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pickle protocol.*")  # plain pickles: we explain below
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-        if found:
-            raise ValueError(f"weights file {str(path)!r} holds Python objects other than tensors ({found.group(1)}); "
-                             "densessl never unpickles those. Save a plain state dict instead: "
-                             "torch.save(model.state_dict(), path)") from None
-        operand = re.search(r"Unsupported operand[^\n]*", str(error))
-        detail = operand.group(0).strip() if operand else "not torch.save's format"
-        raise ValueError(f"weights file {str(path)!r} is a Python pickle but not a torch weights file ({detail}); "
-                         "densessl reads only tensors and plain values. Save a plain state dict with "
-                         "torch.save(model.state_dict(), path)") from None
-    except RuntimeError as error:
-        if "PytorchStreamReader" in str(error) or "zip archive" in str(error):
-            raise ValueError(f"weights file {str(path)!r} is damaged or truncated: torch cannot read its zip archive "
-                             f"({_first_sentence(error)}); export or copy it again") from None
-        raise ValueError(f"cannot read weights file {str(path)!r} as a torch file: {_first_sentence(error)}") from None
-    except Exception as error:  # noqa: BLE001 (torch raises KeyError, IndexError, EOFError ... on damaged files)
-        raise ValueError(f"cannot read weights file {str(path)!r} as a torch file ({type(error).__name__}: "
-                         f"{_first_sentence(error)}); it is damaged or not written by torch.save") from None
 
 
 def _sidecar_arch(path: Path) -> tuple[str | None, dict[str, Any] | None]:
@@ -386,8 +339,8 @@ def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:
         raise ValueError(f"{str(path)!r} is not a torch or safetensors weights file (it starts with bytes {head!r}; "
                          "expected a file written by torch.save or safetensors)")
     if head.startswith(_ZIP_MAGIC):
-        _verify_zip(path)
-    loaded = _torch_load(path)
+        verify_torch_zip(path, "weights file", "export or copy it again")
+    loaded = load_plain(path, "weights file", "export or copy it again")
     if _is_training_checkpoint(loaded):
         return _from_checkpoint(path, loaded)
     state, source = _unwrap_state_dict(path, loaded)

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from densessl.atomic import DiskFullError
@@ -62,3 +63,55 @@ def run_tool(body: Callable[[], int], non_finite: type[BaseException]) -> int:
     except (FileExistsError, FileNotFoundError, ValueError, ImageLoadError, DiskFullError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+
+
+def training_main(
+    argv: list[str] | None,
+    *,
+    description: str,
+    command: str,
+    default_dir: str,
+    load: Callable[[str, list[str]], Any],
+    train: Callable[[Any, Path, str, bool], Any],
+    report: Callable[[Any, Any], None],
+    non_finite: type[BaseException],
+) -> int:
+    """The whole command line of a training tool, around the recipe-specific ``load``/``train``/``report``.
+
+    Args:
+        argv: Arguments (``None``: ``sys.argv``).
+        description: ``--help`` text.
+        command: The console command's name, for the "continue with" hint.
+        default_dir: Parent of the default run directory (``<default_dir>/<config name>``).
+        load: ``(config path, overrides) -> config``; raises ``densessl.config_io.ConfigError``.
+        train: ``(config, run dir, resume, allow_config_change) -> result`` with ``interrupted`` and ``iteration``.
+        report: ``(result, config)``: prints the outcome on rank 0.
+        non_finite: The recipe's non-finite-loss exception (exit code 3).
+    """
+    from densessl.config_io import ConfigError
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(parser, default_dir=default_dir)
+    args = parser.parse_intermixed_args(argv)
+    rank = setup_logging()
+    try:
+        cfg = load(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"config error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    if args.print_config:
+        print_config(cfg)
+        return EXIT_OK
+    output_dir = Path(args.output_dir) if args.output_dir else Path(default_dir) / Path(args.config).stem
+
+    def body() -> int:
+        result = train(cfg, output_dir, args.resume, args.allow_config_change)
+        if result.interrupted:
+            print(f"stopped at iteration {result.iteration}; continue with: {command} {args.config} "
+                  f"--output-dir {output_dir} --resume", file=sys.stderr)
+            return EXIT_STOPPED
+        if rank == 0:
+            report(result, cfg)
+        return EXIT_OK
+
+    return run_tool(body, non_finite)

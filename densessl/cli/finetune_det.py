@@ -14,16 +14,14 @@ Exit codes: 0 done, 2 bad config, arguments, data or run directory, 3 non-finite
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from densessl.cli.common import EXIT_OK, EXIT_STOPPED, EXIT_USAGE, add_run_arguments, print_config, run_tool, \
-    setup_logging
-from densessl.config_io import ConfigError, load_config
+from densessl.cli.common import training_main
+from densessl.config_io import load_config
 from densessl.train.finetune_det import DetConfig, FinetuneResult, NonFiniteLossError, finetune
 
 
@@ -37,40 +35,23 @@ def _print_result(result: FinetuneResult, cfg: DetConfig) -> None:
     print(f"results: {result.results_path}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(parser, default_dir="runs/detection")
-    args = parser.parse_intermixed_args(argv)
-    rank = setup_logging()
+def _train(cfg: DetConfig, output_dir: Path, resume: str, allow_config_change: bool) -> FinetuneResult:
+    threads = torch.get_num_threads()
+    if cfg.train.num_threads is not None:
+        torch.set_num_threads(cfg.train.num_threads)
     try:
-        cfg = load_config(DetConfig, args.config, args.overrides)
-    except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    if args.print_config:
-        print_config(cfg)
-        return EXIT_OK
-    output_dir = Path(args.output_dir) if args.output_dir else Path("runs") / "detection" / Path(args.config).stem
+        return finetune(cfg, output_dir, resume=resume, allow_config_change=allow_config_change)
+    finally:
+        torch.set_num_threads(threads)
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
 
-    def body() -> int:
-        threads = torch.get_num_threads()
-        if cfg.train.num_threads is not None:
-            torch.set_num_threads(cfg.train.num_threads)
-        try:
-            result = finetune(cfg, output_dir, resume=args.resume, allow_config_change=args.allow_config_change)
-        finally:
-            torch.set_num_threads(threads)
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
-        if result.interrupted:
-            print(f"stopped at iteration {result.iteration}; continue with: densessl-finetune-det {args.config} "
-                  f"--output-dir {output_dir} --resume", file=sys.stderr)
-            return EXIT_STOPPED
-        if rank == 0:
-            _print_result(result, cfg)
-        return EXIT_OK
 
-    return run_tool(body, NonFiniteLossError)
+def main(argv: list[str] | None = None) -> int:
+    return training_main(
+        argv, description=__doc__, command="densessl-finetune-det", default_dir="runs/detection",
+        load=lambda path, overrides: load_config(DetConfig, path, overrides), train=_train, report=_print_result,
+        non_finite=NonFiniteLossError)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import os
 import random
 import signal
 import time
-import zipfile
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from torch import Tensor, nn
 
 from densessl.atomic import atomic_torch_save, atomic_write_text, sweep_temporary_files
 from densessl.config_io import save_config
+from densessl.safe_load import load_plain, verify_torch_zip
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -398,6 +398,19 @@ def autocast(run: Run) -> AbstractContextManager:
 # --------------------------------------------------------------------------- #
 
 
+def micro_batch_size(run: Run, batch_size: int, accumulate: int, key: str = "batch_size") -> int:
+    """Images per forward pass of this process: the global ``batch_size`` over processes x accumulation steps.
+
+    Raises:
+        ValueError: ``batch_size`` is not divisible (the message names the config ``key``).
+    """
+    per_step = run.world_size * accumulate
+    if batch_size % per_step:
+        raise ValueError(f"{key}={batch_size} must be divisible by processes x optim.accumulate = {run.world_size} x "
+                         f"{accumulate}")
+    return batch_size // per_step
+
+
 def set_lr(optimizer: torch.optim.Optimizer, lr: float | Sequence[float]) -> None:
     """Set the learning rate of every parameter group (one value, or one per group)."""
     values = [float(lr)] * len(optimizer.param_groups) if isinstance(lr, (int, float)) else [float(v) for v in lr]
@@ -637,22 +650,6 @@ def save_checkpoint(run: Run, iteration: int, parts: dict[str, Any], path: str |
     return target
 
 
-def verify_checkpoint_file(path: str | os.PathLike) -> None:
-    """Check the CRC of every member of a torch zip checkpoint (torch itself does not); ``ValueError`` if damaged."""
-    path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except zipfile.BadZipFile as error:
-        raise ValueError(f"checkpoint {str(path)!r} is damaged or truncated (not a complete torch zip file: {error})"
-                         ) from None
-    except (OSError, EOFError, RuntimeError) as error:
-        raise ValueError(f"checkpoint {str(path)!r} is damaged: {type(error).__name__}: {error}") from None
-    if bad is not None:
-        raise ValueError(f"checkpoint {str(path)!r} is damaged: member {bad!r} fails its CRC check (bytes changed on "
-                         f"disk after it was written)")
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """Read a densessl checkpoint on the CPU (``weights_only=True``) after verifying its integrity.
 
@@ -663,14 +660,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {str(path)!r}")
-    verify_checkpoint_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # never pass on torch's advice to retry with weights_only=False
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        if "weights_only" in str(error) or "Unpickl" in type(error).__name__:
-            first = "it holds Python objects other than tensors and plain values, which densessl never unpickles"
-        raise ValueError(f"cannot read checkpoint {str(path)!r}: {type(error).__name__}: {first}") from None
+    fix = "resume from another checkpoint (checkpoints/previous.pt is kept for this) or start a new run"
+    verify_torch_zip(path, "checkpoint", fix)
+    state = load_plain(path, "checkpoint", fix)
     if not isinstance(state, dict) or "iteration" not in state:
         raise ValueError(f"{str(path)!r} is not a densessl training checkpoint")
     state["_loaded_from"] = str(path)

@@ -21,9 +21,10 @@ import logging
 import os
 import random
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -42,7 +43,7 @@ from densessl.data.detection import (
     horizontal_flip,
 )
 from densessl.eval.coco_eval import DetectionEvalResult, evaluate_detector
-from densessl.eval.detection import BOX_HEADS, DETECTOR_KINDS, NECKS, NORMS, build_detector
+from densessl.eval.detection import build_detector
 from densessl.train import engine
 from densessl.train.engine import NonFiniteLossError, ResumeMode
 from densessl.train.optim import detectron2_lr_factor, param_groups
@@ -51,7 +52,8 @@ __all__ = ["DetConfig", "FIXED_ON_RESUME", "FinetuneResult", "NonFiniteLossError
 
 logger = logging.getLogger("densessl")
 
-DATASETS = ("synthetic", "voc", "coco")
+DetDataset = Literal["synthetic", "voc", "coco"]
+DATASETS: tuple[str, ...] = typing.get_args(DetDataset)
 
 # Config keys a resume must not change: they change the model or what the saved iteration means.
 FIXED_ON_RESUME = ("model.kind", "model.arch", "model.neck", "model.levels", "model.box_head", "model.out_channels",
@@ -69,16 +71,16 @@ FIXED_ON_RESUME = ("model.kind", "model.arch", "model.neck", "model.levels", "mo
 class ModelConfig:
     """Detector and backbone (see ``densessl.eval.detection.build_detector``)."""
 
-    kind: str = "faster_rcnn"  # faster_rcnn | mask_rcnn
+    kind: Literal["faster_rcnn", "mask_rcnn"] = "faster_rcnn"  # densessl.eval.detection.DETECTOR_KINDS
     arch: str = "resnet50"  # any timm model with forward_intermediates
     weights: str | None = None  # backbone.pt / timm state_dict / .safetensors; null = random init
-    neck: str = "fpn"  # fpn | c4 (ResNets, faster_rcnn)
+    neck: Literal["fpn", "c4"] = "fpn"  # c4: ResNets, faster_rcnn only
     levels: list[int] | None = None  # feature_info indices; null = strides 4/8/16/32 (c4: 16; ViT: last block)
-    norm: str = "frozen_bn"  # frozen_bn | bn | sync_bn
+    norm: Literal["frozen_bn", "bn", "sync_bn"] = "frozen_bn"
     frozen_stages: int = 1  # -1 none, 0 stem, N stem + first N stages
     frozen: bool = False  # freeze the whole backbone
     out_channels: int = 256
-    box_head: str = "2fc"  # 2fc | 4conv1fc
+    box_head: Literal["2fc", "4conv1fc"] = "2fc"
     representation_size: int = 1024
     anchor_sizes: list[int] | None = None  # one per pyramid level; null = 8 x stride
     roi_batch_size: int = 512
@@ -88,14 +90,6 @@ class ModelConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.kind not in DETECTOR_KINDS:
-            raise ValueError(f"kind: must be one of {DETECTOR_KINDS}, got {self.kind!r}")
-        if self.neck not in NECKS:
-            raise ValueError(f"neck: must be one of {NECKS}, got {self.neck!r}")
-        if self.norm not in NORMS:
-            raise ValueError(f"norm: must be one of {NORMS}, got {self.norm!r}")
-        if self.box_head not in BOX_HEADS:
-            raise ValueError(f"box_head: must be one of {BOX_HEADS}, got {self.box_head!r}")
         if self.frozen_stages < -1:
             raise ValueError(f"frozen_stages: must be >= -1, got {self.frozen_stages}")
         if self.neck == "c4" and self.kind == "mask_rcnn":
@@ -110,7 +104,7 @@ class ModelConfig:
 class DataConfig:
     """Datasets. Paths are relative to ``root`` unless absolute."""
 
-    dataset: str = "synthetic"  # synthetic | voc | coco
+    dataset: DetDataset = "synthetic"
     root: str | None = None  # voc: the VOCdevkit folder; coco: the folder holding images and annotations
     train_sets: list[str] = field(default_factory=lambda: ["VOC2007/trainval", "VOC2012/trainval"])  # voc
     val_sets: list[str] = field(default_factory=lambda: ["VOC2007/test"])  # voc
@@ -130,8 +124,6 @@ class DataConfig:
     num_workers: int = 2
 
     def validate(self) -> None:
-        if self.dataset not in DATASETS:
-            raise ValueError(f"dataset: must be one of {DATASETS}, got {self.dataset!r}")
         if self.dataset != "synthetic" and not self.root:
             raise ValueError(f"root: data.dataset={self.dataset} needs data.root=/path/to/data")
         if not self.min_size_train or min(self.min_size_train) < 32:
@@ -158,7 +150,7 @@ class OptimConfig:
     weight_decay_norm: float = 0.0  # for normalization layers (detectron2's default)
     warmup_iters: int = 1000
     warmup_factor: float = 0.001
-    schedule: str = "multistep"  # multistep | cosine
+    schedule: Literal["multistep", "cosine"] = "multistep"
     steps: list[int] = field(default_factory=list)  # in iterations (in epochs when train.epochs is set)
     gamma: float = 0.1
     min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
@@ -170,8 +162,6 @@ class OptimConfig:
             raise ValueError(f"accumulate: must be >= 1, got {self.accumulate}")
         if self.lr <= 0:
             raise ValueError(f"lr: must be > 0, got {self.lr}")
-        if self.schedule not in ("multistep", "cosine"):
-            raise ValueError(f"schedule: must be multistep or cosine, got {self.schedule!r}")
         if self.steps != sorted(self.steps) or any(s < 1 for s in self.steps):
             raise ValueError(f"steps: must be increasing positive numbers, got {self.steps}")
         if not 0 < self.gamma <= 1 or not 0 < self.warmup_factor <= 1 or not 0 <= self.min_lr_ratio <= 1:
@@ -194,7 +184,7 @@ class TrainConfig:
     checkpoint_every: int = 1000
     log_every: int = 20
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); CPU runs fp32
     num_threads: int | None = None  # torch CPU threads of this process (null: torch's default)
     progress: bool = True
@@ -210,8 +200,6 @@ class TrainConfig:
             raise ValueError("checkpoint_every: checkpoint_every, log_every and eval_every must be >= 1")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads: must be >= 1 or null, got {self.num_threads}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise ValueError(f"device: must be auto, cpu or cuda, got {self.device!r}")
 
 
 @dataclass
@@ -366,10 +354,7 @@ def finetune(
 
 def _finetune(cfg: DetConfig, run: engine.Run, on_step: Callable[[int], None] | None) -> FinetuneResult:
     device = run.device
-    per_step = run.world_size * cfg.optim.accumulate
-    if cfg.train.batch_size % per_step:
-        raise ValueError(f"train.batch_size={cfg.train.batch_size} must be divisible by processes x optim.accumulate "
-                         f"= {run.world_size} x {cfg.optim.accumulate}")
+    engine.micro_batch_size(run, cfg.train.batch_size, cfg.optim.accumulate, "train.batch_size")
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
     random.seed(cfg.train.seed)

@@ -176,11 +176,7 @@ def train(
 def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) -> TrainResult:
     device = run.device
     # ---- batch geometry: batch_size is global; each process runs micro-batches of this size
-    per_step = run.world_size * cfg.optim.accumulate
-    if cfg.data.batch_size % per_step:
-        raise ValueError(f"data.batch_size={cfg.data.batch_size} must be divisible by processes x optim.accumulate "
-                         f"= {run.world_size} x {cfg.optim.accumulate}")
-    micro_batch = cfg.data.batch_size // per_step
+    micro_batch = engine.micro_batch_size(run, cfg.data.batch_size, cfg.optim.accumulate, "data.batch_size")
     if micro_batch < 2 and not run.distributed:
         raise ValueError(f"each forward pass needs >= 2 images for the variance term; got {micro_batch}")
 
