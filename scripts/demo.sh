@@ -11,31 +11,31 @@ CONFIG=configs/pretrain/vicregl_resnet18_synthetic.yaml
 RUN="${DEMO_RUN:-runs/demo}"
 SIZE="${DEMO_EVAL_SIZE:-224}"
 
-if [ -f "$RUN/backbone.pt" ]; then
+if [ -f "$RUN/backbone.safetensors" ]; then
     echo "[demo] reusing the finished pretraining run in $RUN (delete it to retrain)"
-elif [ -f "$RUN/checkpoints/last.pt" ]; then
-    echo "[demo] resuming the interrupted pretraining run in $RUN"
-    $PY tools/train.py "$CONFIG" --output-dir "$RUN" --resume
 else
-    rm -rf "$RUN"
+    # --resume auto: continues an interrupted run (or one made before backbone.safetensors existed), else starts.
     echo "[demo] pretraining: $CONFIG -> $RUN"
-    $PY tools/train.py "$CONFIG" --output-dir "$RUN"
+    $PY -m densessl.cli.train "$CONFIG" --output-dir "$RUN" --resume auto
 fi
 
 mkdir -p "$RUN/eval"
 for protocol in linear knn; do
-    for weights in "$RUN/backbone.pt" random; do
+    # The pretrained backbone's architecture comes from backbone.safetensors; random init needs --arch.
+    for weights in "$RUN/backbone.safetensors" random; do
         name=$([ "$weights" = random ] && echo random || echo vicregl)
+        arch=$([ "$weights" = random ] && echo "--arch resnet18" || echo "")
         echo "[demo] $protocol evaluation of $name (synthetic val, input $SIZE)"
-        $PY tools/eval_seg.py --weights "$weights" --arch resnet18 --dataset synthetic --protocol "$protocol" \
+        # shellcheck disable=SC2086
+        $PY -m densessl.cli.eval_seg --weights "$weights" $arch --dataset synthetic --protocol "$protocol" \
             --input-size "$SIZE" --no-progress --out "$RUN/eval/${protocol}_${name}.json" > "$RUN/eval/${protocol}_${name}.txt"
     done
 done
 for protocol in linear knn; do
     echo
     echo "== $protocol: VICRegL-pretrained vs random init (mIoU %, synthetic val) =="
-    $PY tools/compare_evals.py "$RUN/eval/${protocol}_vicregl.json" "$RUN/eval/${protocol}_random.json" \
+    $PY -m densessl.cli.compare_evals "$RUN/eval/${protocol}_vicregl.json" "$RUN/eval/${protocol}_random.json" \
         --labels vicregl random
 done
 echo
-echo "[demo] done. Pretraining metrics: $RUN/metrics.jsonl; backbone: $RUN/backbone.pt; evaluations: $RUN/eval/"
+echo "[demo] done. Pretraining metrics: $RUN/metrics.jsonl; backbone: $RUN/backbone.safetensors; evaluations: $RUN/eval/"

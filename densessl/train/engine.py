@@ -21,7 +21,10 @@ Run directory (one contract for every recipe)::
     metrics.jsonl           one JSON object per logged step (rank 0)
     train.log               the log, with a progress line every ``log_every`` steps (iteration, loss, lr, img/s, ETA)
     checkpoints/last.pt     the newest checkpoint; checkpoints/previous.pt the one before it (fallback when last.pt is
-                            damaged)
+                            damaged); checkpoints/stable.pt the newest one written while the loss was at its running
+                            level (a hard link). A loss that jumps far above its running level is warned about; when a
+                            NaN/inf follows, last.pt is set back to stable.pt (the later ones kept as diverged.pt), so
+                            resuming with a lower learning rate starts from weights that were not yet diverging.
     tensorboard/            event files, when enabled and the tensorboard extra is installed
 
 Checkpoints hold only plain types (``torch.load(weights_only=True)`` reads them): ``format``, ``recipe``,
@@ -34,6 +37,8 @@ silently different weights.
 from __future__ import annotations
 
 import datetime
+import shutil
+import statistics
 import json
 import logging
 import math
@@ -41,6 +46,7 @@ import os
 import random
 import signal
 import time
+from collections import deque
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,6 +137,9 @@ class Run:
     _window_start: float = field(default_factory=time.perf_counter, repr=False)
     _loop_start: tuple[float, int] | None = field(default=None, repr=False)
     _previous_level: int = field(default=logging.NOTSET, repr=False)
+    _recent_losses: deque = field(default_factory=lambda: deque(maxlen=50), repr=False)
+    _loss_stable: bool = True
+    _jump_warned_at: int | None = None
 
     @property
     def main(self) -> bool:
@@ -458,9 +467,9 @@ def optimizer_step(
                 values = {k: float(v.detach()) for k, v in out.items()}
                 optimizer.zero_grad(set_to_none=True)
                 raise NonFiniteLossError(
-                    f"non-finite loss at iteration {iteration + 1}: {values}. No optimizer step was taken; the last good "
-                    f"checkpoint is {str(run.last_checkpoint)!r} (if any). Lower the learning rate, set a gradient "
-                    f"clip, or use fp32/bf16 instead of fp16, then resume"
+                    f"non-finite loss at iteration {iteration + 1}: {values}. No optimizer step was taken. "
+                    f"{_restore_stable_checkpoint(run)}Lower the learning rate, set a gradient clip, or use fp32/bf16 "
+                    f"instead of fp16, then resume"
                 )
             scaler.scale(loss / count).backward()
         for key, value in out.items():
@@ -471,7 +480,60 @@ def optimizer_step(
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+    _watch_loss(run, iteration + 1, float(sums["loss"]))
     return sums
+
+
+# A loss this many times its running level (median |loss| over the last steps) is a jump: warn, the run may diverge.
+JUMP_FACTOR = 10.0
+# A checkpoint written while the loss is within this factor of its running level counts as stable.
+STABLE_FACTOR = 3.0
+
+
+def _watch_loss(run: Run, iteration: int, loss: float) -> None:
+    """Track the running loss level; warn once per jump and mark whether the current weights look stable."""
+    recent = run._recent_losses
+    if len(recent) >= 10:
+        level = max(statistics.median(abs(v) for v in recent), 1e-6)
+        ratio = abs(loss) / level
+        run._loss_stable = ratio <= STABLE_FACTOR
+        if ratio > JUMP_FACTOR and run._jump_warned_at is None:
+            run._jump_warned_at = iteration
+            stable = run.run_dir / "checkpoints" / "stable.pt"
+            where = (f"{stable} (iteration {_checkpoint_iteration(stable)}) is the last checkpoint written before it"
+                     if run.main and stable.is_file() else "no checkpoint was written before it")
+            logger.warning("loss %.4g at iteration %d is %.3g times its running level %.4g: the run may be diverging; "
+                           "%s", loss, iteration, ratio, level, where)
+        elif ratio <= STABLE_FACTOR:
+            run._jump_warned_at = None
+        if ratio > STABLE_FACTOR:
+            return  # keep the running level free of the jump
+    recent.append(loss)
+
+
+def _checkpoint_iteration(path: Path) -> int | str:
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True)["iteration"])
+    except Exception:  # noqa: BLE001 (only for a message)
+        return "?"
+
+
+def _restore_stable_checkpoint(run: Run) -> str:
+    """After a non-finite loss: put the last stable checkpoint back as ``last.pt`` if a later one was written since.
+
+    Returns the sentence for the error message.
+    """
+    checkpoints = run.run_dir / "checkpoints"
+    last, stable = checkpoints / "last.pt", checkpoints / "stable.pt"
+    if not run.main or not last.is_file():
+        return "No checkpoint was written yet. "
+    if not stable.is_file() or os.path.samefile(last, stable):
+        return f"The last good checkpoint is {str(last)!r}. "
+    os.replace(last, checkpoints / "diverged.pt")
+    shutil.copyfile(stable, last)
+    return (f"The checkpoints written after the loss left its running level were kept as diverged.pt; "
+            f"{str(last)!r} now holds iteration {_checkpoint_iteration(last)} from before (stable.pt), so --resume "
+            f"continues from there. ")
 
 
 def stop_requested(run: Run) -> int:
@@ -647,7 +709,22 @@ def save_checkpoint(run: Run, iteration: int, parts: dict[str, Any], path: str |
         os.replace(tmp_target, target)
     else:
         atomic_torch_save(state, target)
+    if path is None and run._loss_stable:
+        _link_stable(target)
     return target
+
+
+def _link_stable(last: Path) -> None:
+    """``stable.pt``: the newest checkpoint written while the loss was at its running level (a hard link: no copy)."""
+    stable = last.with_name("stable.pt")
+    tmp = last.with_name(".stable.pt.link.tmp")
+    if tmp.exists():
+        tmp.unlink()
+    try:
+        os.link(last, tmp)
+    except OSError:  # a filesystem without hard links
+        shutil.copyfile(last, tmp)
+    os.replace(tmp, stable)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

@@ -195,3 +195,34 @@ def test_progress_line_with_eta_goes_to_train_log(tmp_path: Path) -> None:
     assert "iteration 2/4 (50%) | loss 2.0000 | lr 0.01 |" in log and "ETA 0:00:00" in log
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3, 4] and records[0]["loss"] == 2.0
+
+
+def test_slow_divergence_warns_and_a_nan_resumes_from_before_the_jump(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Loss ~1 for 20 steps, then 2.8e27 (no NaN yet: a checkpoint of ruined weights is written), then NaN."""
+    schedule = [1.0 + 0.01 * i for i in range(20)] + [40.0, 2.8e27, float("nan")]
+    model = nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+
+    def forward(module: nn.Module, value: float) -> dict[str, Tensor]:
+        return {"loss": module.weight.sum() * 0 + value}
+
+    run = _start(tmp_path / "run")
+    caplog.set_level(logging.WARNING, logger="densessl")
+    try:
+        with pytest.raises(engine.NonFiniteLossError) as info:
+            for iteration, value in enumerate(schedule):
+                engine.optimizer_step(run, model, optimizer, engine.make_scaler(run), [value], forward,
+                                      iteration=iteration)
+                engine.save_checkpoint(run, iteration + 1, {"model": model.state_dict()})  # every step
+    finally:
+        engine.finish_run(run)
+    assert "may be diverging" in caplog.text and "iteration 21" in caplog.text  # the 40.0 step
+    message = str(info.value)
+    assert "non-finite loss at iteration 23" in message and "now holds iteration 20" in message
+    checkpoints = tmp_path / "run" / "checkpoints"
+    assert engine.load_checkpoint(checkpoints / "last.pt")["iteration"] == 20
+    assert engine.load_checkpoint(checkpoints / "diverged.pt")["iteration"] == 22
+    resumed = _start(tmp_path / "run", resume="yes", config={**CONFIG, "optim": {"lr": 0.01}})  # the advice works
+    engine.finish_run(resumed)
+    assert resumed.start_iteration == 20
