@@ -2,7 +2,8 @@
 
 An experiment YAML lists only what it changes; the command line overrides single values as ``key.sub=value``
 (``tools/train.py CONFIG optim.base_lr=0.3 data.batch_size=512``). Loading, type checking and "did you mean"
-errors live in ``densessl.config_io``; this module only declares the schema and its value checks.
+errors live in ``densessl.config_io``; this module only declares the schema and its value checks. A field with a fixed
+set of values is a ``Literal[...]``, which the loader checks (``train.precision=fp8`` -> "must be one of ...").
 
 Batch sizes are **global** (summed over processes and accumulation steps), as in the official VICRegL code, so a
 recipe means the same thing on 1 GPU or 32: each process sees ``batch_size / (world_size * accumulate)`` images
@@ -12,8 +13,9 @@ per forward pass. The peak learning rate is ``base_lr * batch_size / 256``.
 from __future__ import annotations
 
 import os
+import typing
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 from densessl.config_io import load_config as _load
 from densessl.data.transforms import MultiCropConfig
@@ -24,7 +26,9 @@ from densessl.objectives.vicregl import VICRegLConfig
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "Config", "load_config", "METHODS"]
 
-METHODS = ("vicregl", "vicreg", "densecl", "pixpro")
+Method = Literal["vicregl", "vicreg", "densecl", "pixpro"]
+"""The pretraining methods: the keys of ``densessl.objectives.OBJECTIVES`` (a test checks that they agree)."""
+METHODS: tuple[str, ...] = typing.get_args(Method)
 
 
 @dataclass
@@ -47,7 +51,7 @@ class ModelConfig:
 class DataConfig:
     """Training data: the embedded ``synthetic`` scenes or an image ``folder`` (recursive, ImageNet layout works)."""
 
-    source: str = "synthetic"
+    source: Literal["synthetic", "folder"] = "synthetic"
     root: str | None = None
     synthetic_images: int = 2000
     synthetic_size: int = 128
@@ -57,8 +61,6 @@ class DataConfig:
     multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
 
     def validate(self) -> None:
-        if self.source not in ("synthetic", "folder"):
-            raise ValueError(f"source: must be 'synthetic' or 'folder', got {self.source!r}")
         if self.source == "folder" and not self.root:
             raise ValueError("root: data.source=folder needs data.root=/path/to/images")
         if self.batch_size < 2:
@@ -73,7 +75,7 @@ class DataConfig:
 class OptimConfig:
     """Optimizer and per-iteration schedule (linear warm-up, then cosine to ``end_lr_ratio`` of the peak)."""
 
-    name: str = "lars"
+    name: Literal["lars", "adamw", "sgd"] = "lars"
     base_lr: float = 0.2
     weight_decay: float = 1e-6
     momentum: float = 0.9
@@ -85,8 +87,6 @@ class OptimConfig:
     accumulate: int = 1
 
     def validate(self) -> None:
-        if self.name not in ("lars", "adamw", "sgd"):
-            raise ValueError(f"name: must be lars, adamw or sgd, got {self.name!r}")
         if self.base_lr <= 0:
             raise ValueError(f"base_lr: must be > 0, got {self.base_lr}")
         if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.end_lr_ratio <= 1:
@@ -104,8 +104,8 @@ class TrainConfig:
     epochs: int = 100
     max_iters: int | None = None
     seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N (any torch device name)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
     sync_bn: bool = True
     log_every: int = 10
@@ -123,8 +123,6 @@ class TrainConfig:
             raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
         if self.max_iters is not None and self.max_iters < 1:
             raise ValueError(f"max_iters: must be >= 1 or null, got {self.max_iters}")
-        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
-            raise ValueError(f"precision: must be auto, fp32, bf16 or fp16, got {self.precision!r}")
         if self.log_every < 1 or self.checkpoint_every_epochs < 1:
             raise ValueError("log_every and checkpoint_every_epochs must be >= 1")
         if self.checkpoint_every_iters is not None and self.checkpoint_every_iters < 1:
@@ -137,7 +135,7 @@ class TrainConfig:
 class Config:
     """A full pretraining run. ``method`` picks which objective section is used."""
 
-    method: str = "vicregl"
+    method: Method = "vicregl"
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -146,10 +144,6 @@ class Config:
     vicreg: VICRegConfig = field(default_factory=VICRegConfig)
     densecl: DenseCLConfig = field(default_factory=DenseCLConfig)
     pixpro: PixProConfig = field(default_factory=PixProConfig)
-
-    def validate(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method: must be one of {list(METHODS)}, got {self.method!r}")
 
     @property
     def objective(self) -> Any:

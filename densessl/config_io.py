@@ -28,6 +28,11 @@ mean" suggestion), leaf values against the field annotations (see
 dataclass node. Every failure raises :class:`ConfigError`, whose message starts
 with the full dotted key, e.g. ``optim.lr: expected float, got 'abc' (str)``.
 
+A field that takes one of a fixed set of values is annotated ``Literal[...]``
+and needs no hand-written check: ``train.precision: must be one of 'auto',
+'fp32', 'bf16', 'fp16', got 'bf61'; did you mean 'bf16'?``. A config that is
+also built directly in Python calls :func:`check_choices` from its ``validate()``.
+
 YAML is read with a safe loader that also resolves scientific notation without
 a dot (``1e-3``) as a float, which plain YAML 1.1 reads as a string.
 """
@@ -52,6 +57,7 @@ from densessl.atomic import atomic_write_text
 
 __all__ = [
     "ConfigError",
+    "check_choices",
     "from_dict",
     "load_config",
     "merge",
@@ -144,6 +150,27 @@ def _short_repr(value: Any, limit: int = 80) -> str:
 def _type_error(key: str, expected: str, value: Any) -> ConfigError:
     """Standard message: ``key: expected <type>, got <repr> (<type name>)``."""
     return _fail(key, f"expected {expected}, got {_short_repr(value)} ({type(value).__name__})")
+
+
+def _choice_error(key: str, choices: Sequence[Any], value: Any, nullable: bool = False) -> ConfigError:
+    """Standard message for a ``Literal`` field: ``key: must be one of 'a', 'b', got 'c'; did you mean 'a'?``."""
+    message = f"must be one of {', '.join(repr(choice) for choice in choices)}"
+    message += " (or null)" if nullable else ""
+    message += f", got {_short_repr(value)}"
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value, [choice for choice in choices if isinstance(choice, str)], n=1)
+        message += f"; did you mean {close[0]!r}?" if close else ""
+    return _fail(key, message)
+
+
+def _is_literal(tp: Any) -> bool:
+    """True if ``tp`` is a ``Literal[...]`` annotation."""
+    return typing.get_origin(tp) is Literal
+
+
+def _in_choices(value: Any, choices: Sequence[Any]) -> bool:
+    """Membership that tells ``1`` from ``True`` and ``1.0``."""
+    return any(type(value) is type(choice) and value == choice for choice in choices)
 
 
 def _type_name(tp: Any) -> str:
@@ -263,9 +290,9 @@ def _coerce(tp: Any, value: Any, key: str, update: bool = False) -> Any:
     args = typing.get_args(tp)
 
     if origin is Literal:
-        if any(type(value) is type(choice) and value == choice for choice in args):
+        if _in_choices(value, args):
             return value
-        raise _type_error(key, _type_name(tp), value)
+        raise _choice_error(key, args, value)
 
     if origin in (Union, types.UnionType):
         if value is None and _NoneType in args:
@@ -275,6 +302,8 @@ def _coerce(tp: Any, value: Any, key: str, update: bool = False) -> Any:
             try:
                 return _coerce(options[0], value, key, update)
             except ConfigError as exc:
+                if exc.key == key and _is_literal(options[0]):
+                    raise _choice_error(key, typing.get_args(options[0]), value, nullable=True) from None
                 if exc.key == key and not _is_dataclass_type(options[0]):  # mention None too
                     raise _type_error(key, _type_name(tp), value) from None
                 raise  # error deeper inside (element, nested field): keep it
@@ -498,11 +527,67 @@ def merge(base: T, data: Mapping[str, Any], *, prefix: str = "") -> T:
 # --------------------------------------------------------------------------- #
 
 
+def _literal_choices(tp: Any) -> tuple[tuple[Any, ...], bool] | None:
+    """``(choices, nullable)`` for ``Literal[...]`` or ``Literal[...] | None``; None for any other annotation."""
+    nullable = False
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        nullable = _NoneType in args
+        options = [arg for arg in args if arg is not _NoneType]
+        if len(options) != 1:
+            return None
+        tp = options[0]
+    return (typing.get_args(tp), nullable) if _is_literal(tp) else None
+
+
+def _check_choices(obj: Any, path: str) -> None:
+    """Raise ConfigError (key ``path.field``) for a ``Literal`` field of dataclass ``obj`` holding another value."""
+    try:
+        fields = _config_fields(type(obj))
+    except (NameError, TypeError):  # annotations that do not resolve: not a schema node, nothing to check
+        return
+    for name, (_, tp) in fields.items():
+        spec = _literal_choices(tp)
+        if spec is None:
+            continue
+        choices, nullable = spec
+        value = getattr(obj, name)
+        if not (_in_choices(value, choices) or (nullable and value is None)):
+            raise _choice_error(_join(path, name), choices, value, nullable)
+
+
+def check_choices(obj: Any) -> None:
+    """Check every ``Literal[...]`` (or ``Literal[...] | None``) field of dataclass ``obj`` against its choices.
+
+    The loader checks these fields when it reads a value; call this from the ``validate()`` of a config that is
+    also built directly in Python (``VICRegLConfig(preset="paper")``), so that a bad choice fails there too.
+    Nested dataclasses are not visited.
+
+    Args:
+        obj: A dataclass instance.
+
+    Raises:
+        ValueError: ``"<field>: must be one of 'a', 'b', got 'c'; did you mean 'a'?"`` for the first bad field (a
+            plain ``ValueError``, so that :func:`validate_config` prefixes it with the node's dotted path).
+    """
+    if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
+        raise TypeError(f"check_choices() expects a dataclass instance, got {type(obj).__name__}")
+    try:
+        _check_choices(obj, "")
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
 def _validate_node(obj: Any, path: str) -> None:
-    """Post-order walk: validate children (fields, list/tuple items, dict values) first."""
+    """Post-order walk: validate children (fields, list/tuple items, dict values) first.
+
+    Each dataclass node has its ``Literal`` fields checked (a config built or changed in Python has not been through
+    ``_coerce``) before its own ``validate()`` runs.
+    """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for field in dataclasses.fields(obj):
             _validate_node(getattr(obj, field.name), _join(path, field.name))
+        _check_choices(obj, path)
         validate = getattr(obj, "validate", None)
         if callable(validate):
             try:
@@ -533,7 +618,7 @@ def _validation_error(obj: Any, path: str, exc: ValueError) -> ConfigError:
 
 
 def validate_config(cfg: Any) -> None:
-    """Call ``validate()`` on every dataclass node of ``cfg`` that defines it.
+    """Check the ``Literal`` fields of every dataclass node of ``cfg``, then call its ``validate()`` if it has one.
 
     Nodes are visited post-order (children before parents). A ``ValueError``
     raised by ``validate()`` becomes a :class:`ConfigError` prefixed with the
@@ -676,8 +761,9 @@ def load_config(
     cls: type[T],
     path: str | os.PathLike[str] | None = None,
     overrides: Sequence[str] = (),
+    updates: Mapping[str, Any] | None = None,
 ) -> T:
-    """Load a config: defaults <- ``_base_`` files <- YAML file <- CLI overrides.
+    """Load a config: defaults <- ``_base_`` files <- YAML file <- CLI overrides <- ``updates``.
 
     After building, ``validate()`` is called on every dataclass node that
     defines it (children first), see :func:`validate_config`.
@@ -687,6 +773,8 @@ def load_config(
         path: YAML file listing what differs from the defaults; ``None`` for
             defaults only. An empty file is allowed.
         overrides: Dotlist such as ``["optim.lr=0.1"]`` (see :func:`parse_dotlist`).
+        updates: Nested mapping applied last, with :func:`merge` (e.g. a tool's
+            own command-line flags, ``{"knn": {"k": 5}}``).
 
     Returns:
         The validated config.
@@ -699,6 +787,8 @@ def load_config(
     cfg = from_dict(cls, data)
     if overrides:
         cfg = merge(cfg, parse_dotlist(overrides))
+    if updates:
+        cfg = merge(cfg, updates)
     validate_config(cfg)
     return cfg
 

@@ -1,7 +1,9 @@
-"""The shipped configs load and validate; the pretraining schema rejects bad values naming the key."""
+"""The shipped configs load and validate; the schemas reject bad values naming the key; Literal choices agree with
+the registries the code uses."""
 
 from __future__ import annotations
 
+import typing
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,85 @@ def test_official_resnet50_recipe_values() -> None:
 def test_bad_values_name_the_key(override: str, key: str) -> None:
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_fixed_choices_are_checked_by_the_loader_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(None, ["train.precision=bf61"])
+    assert str(info.value) == ("train.precision: must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'bf61'; "
+                               "did you mean 'bf16'?")
+    with pytest.raises(ConfigError, match=r"^vicregl\.local_matching: must be one of 'both', 'location', 'feature'"):
+        load_config(None, ["vicregl.local_matching=learned"])
+    with pytest.raises(ConfigError, match=r"^data\.multicrop\.interpolation: .*; did you mean 'bilinear'\?$"):
+        load_config(None, ["data.multicrop.interpolation=bilinar"])
+    with pytest.raises(ConfigError, match=r"^pixpro\.transform_layers: must be one of 0, 1, 2, got 3$"):
+        load_config(None, ["pixpro.transform_layers=3"])
+
+
+def test_method_choices_agree_with_the_objective_registry() -> None:
+    """``Config.method`` is a Literal for the loader; the objectives live in ``OBJECTIVES``: both must list the same."""
+    from densessl.config import METHODS
+    from densessl.objectives import OBJECTIVES
+
+    assert sorted(METHODS) == sorted(OBJECTIVES)
+    hints = typing.get_type_hints(Config)
+    for method in METHODS:  # each method has its config section, of the registry's config class
+        assert hints[method] is OBJECTIVES[method][1]
+        assert load_config(None, [f"method={method}"]).objective is not None
+
+
+def test_literal_choices_agree_with_the_code_that_uses_them() -> None:
+    from densessl.data.seg_readers import SEGMENTATION_DATASETS
+    from densessl.data.transforms import _INTERPOLATIONS, MultiCropConfig
+    from densessl.eval import detection
+    from densessl.eval.config import EvalSegConfig
+    from densessl.train.finetune_det import ModelConfig as DetModelConfig
+
+    def choices(cls: type, name: str) -> set:
+        tp = typing.get_type_hints(cls)[name]
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and typing.get_origin(args[0]) is typing.Literal:
+            args = list(typing.get_args(args[0]))
+        return set(args)
+
+    assert choices(MultiCropConfig, "interpolation") == set(_INTERPOLATIONS)
+    assert choices(DetModelConfig, "kind") == set(detection.DETECTOR_KINDS)
+    assert choices(DetModelConfig, "neck") == set(detection.NECKS)
+    assert choices(DetModelConfig, "norm") == set(detection.NORMS)
+    assert choices(DetModelConfig, "box_head") == set(detection.BOX_HEADS)
+    assert choices(EvalSegConfig, "dataset") == set(SEGMENTATION_DATASETS)
+
+
+DET_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "detection").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", DET_CONFIGS, ids=lambda p: p.name)
+def test_shipped_detection_configs_load(path: Path) -> None:
+    from densessl.config_io import load_config as load
+    from densessl.train.finetune_det import DetConfig
+
+    assert isinstance(load(DetConfig, path), DetConfig)
+
+
+@pytest.mark.parametrize("override", ["model.kind=mask", "model.neck=c5", "model.norm=syncbn", "model.box_head=2fcc",
+                                      "data.dataset=vocc", "optim.schedule=cos", "train.device=gpu"])
+def test_detection_choices_name_the_key(override: str) -> None:
+    from densessl.config_io import load_config as load
+    from densessl.train.finetune_det import DetConfig
+
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"^{key.replace('.', r'[.]')}: must be one of "):
+        load(DetConfig, None, [override])
+
+
+def test_objective_configs_built_in_python_still_reject_bad_choices() -> None:
+    """The objectives and MultiCrop validate their config themselves: ``check_choices`` replaces the hand checks."""
+    from densessl.data.transforms import MultiCropConfig
+    from densessl.objectives import PixProConfig, VICRegConfig, VICRegLConfig
+
+    for cfg, key in [(VICRegLConfig(preset="paper"), "preset"), (VICRegLConfig(norm="layer"), "norm"),
+                     (VICRegLConfig(selection_order="random"), "selection_order"), (VICRegConfig(norm="gn"), "norm"),
+                     (PixProConfig(transform_layers=4), "transform_layers"),
+                     (MultiCropConfig(interpolation="lanczos"), "interpolation")]:
+        with pytest.raises(ValueError, match=rf"^{key}: must be one of "):
+            cfg.validate()  # type: ignore[union-attr]

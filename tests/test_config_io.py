@@ -13,12 +13,14 @@ import yaml
 
 from densessl.config_io import (
     ConfigError,
+    check_choices,
     from_dict,
     load_config,
     merge,
     parse_dotlist,
     save_config,
     to_dict,
+    validate_config,
 )
 
 # --------------------------------------------------------------------------- #
@@ -213,7 +215,68 @@ def test_literal() -> None:
     assert from_dict(ModelCfg, {"arch": "resnet18"}).arch == "resnet18"
     with pytest.raises(ConfigError) as info:
         from_dict(ExpCfg, {"model": {"arch": "vit"}})
-    assert str(info.value) == "model.arch: expected one of 'resnet18', 'resnet50', got 'vit' (str)"
+    assert str(info.value) == "model.arch: must be one of 'resnet18', 'resnet50', got 'vit'"
+    assert info.value.key == "model.arch"
+
+
+@dataclass
+class ChoiceCfg:
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    layers: Literal[0, 1, 2] = 1
+    norm: Optional[Literal["bn", "ln"]] = None
+    model: ModelCfg = field(default_factory=ModelCfg)
+
+    def validate(self) -> None:
+        check_choices(self)
+
+
+def test_literal_near_miss_suggests_a_choice() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(ChoiceCfg, None, ["precision=bf61"])
+    assert str(info.value) == ("precision: must be one of 'auto', 'fp32', 'bf16', 'fp16', got 'bf61'; "
+                               "did you mean 'bf16'?")
+    with pytest.raises(ConfigError, match=r"^precision: must be one of .*, got 'xyz'$"):  # nothing close: no guess
+        load_config(ChoiceCfg, None, ["precision=xyz"])
+
+
+def test_literal_of_ints_and_optional_literal(tmp_path: Path) -> None:
+    assert load_config(ChoiceCfg, write(tmp_path / "c.yaml", "layers: 2\nnorm: ln\n")) == ChoiceCfg(layers=2, norm="ln")
+    for value in ("3", "'1'", "true", "1.0"):  # an int choice takes that int only, not '1', True or 1.0
+        with pytest.raises(ConfigError, match=r"^layers: must be one of 0, 1, 2, got "):
+            load_config(ChoiceCfg, None, [f"layers={value}"])
+    assert load_config(ChoiceCfg, None, ["norm=null"]).norm is None
+    with pytest.raises(ConfigError) as info:
+        load_config(ChoiceCfg, None, ["norm=lnn"])
+    assert str(info.value) == "norm: must be one of 'bn', 'ln' (or null), got 'lnn'; did you mean 'ln'?"
+
+
+def test_choices_of_a_config_built_in_python() -> None:
+    """Values set in Python skip the loader's coercion: validate_config and check_choices still catch them."""
+    bad = ChoiceCfg(model=ModelCfg(arch="resnet19"))  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as info:
+        validate_config(bad)
+    assert str(info.value) == ("model.arch: must be one of 'resnet18', 'resnet50', got 'resnet19'; "
+                               "did you mean 'resnet18'?")
+    with pytest.raises(ConfigError, match=r"^precision: must be one of .* got 'fp8'"):
+        validate_config(ChoiceCfg(precision="fp8"))  # type: ignore[arg-type]
+    # check_choices (for validate() of configs used without the loader) raises a plain ValueError naming the field.
+    with pytest.raises(ValueError, match=r"^layers: must be one of 0, 1, 2, got 5$") as raised:
+        ChoiceCfg(layers=5).validate()  # type: ignore[arg-type]
+    assert not isinstance(raised.value, ConfigError)
+    ChoiceCfg(norm="bn").validate()
+    with pytest.raises(TypeError, match="dataclass instance"):
+        check_choices(ChoiceCfg)
+
+
+def test_updates_are_applied_after_the_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path / "exp.yaml", "seed: 1\noptim:\n  lr: 0.1\n")
+    cfg = load_config(ExpCfg, path, ["seed=2", "optim.momentum=0.5"], {"seed": 3, "data": {"loss_weights": {"x": 2}}})
+    assert cfg.seed == 3 and cfg.optim.lr == 0.1 and cfg.optim.momentum == 0.5
+    assert cfg.data.loss_weights == {"dense": 1.0, "global": 1.0, "x": 2.0}  # merged like an override
+    with pytest.raises(ConfigError, match=r"^optim: learning rate must be > 0"):  # and validated
+        load_config(ExpCfg, path, (), {"optim": {"lr": -1.0}})
+    with pytest.raises(ConfigError, match=r"^model\.arch: must be one of"):
+        load_config(ExpCfg, path, (), {"model": {"arch": "vit"}})
 
 
 def test_optional() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
+from densessl.config_io import check_choices
 from densessl.coords import crop_to_box
 from densessl.data.images import to_rgb
 
@@ -63,12 +65,13 @@ class MultiCropConfig:
     blur_p: tuple[float, float] = (1.0, 0.1)
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: tuple[float, float] = (0.0, 0.2)
-    interpolation: str = "bicubic"
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"  # the keys of _INTERPOLATIONS
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
+        check_choices(self)
         if self.n_global < 1:
             raise ValueError(f"n_global must be >= 1 (the losses pair every view with a global view), got {self.n_global}")
         if self.n_local < 0:
@@ -89,8 +92,6 @@ class MultiCropConfig:
             raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
         if self.hue < 0 or self.hue > 0.5:
             raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-        if self.interpolation not in _INTERPOLATIONS:
-            raise ValueError(f"interpolation must be one of {sorted(_INTERPOLATIONS)}, got {self.interpolation!r}")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std must be positive, got {self.std}")
 

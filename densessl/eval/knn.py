@@ -49,6 +49,7 @@ from densessl.eval.result import SegEvalResult
 
 __all__ = [
     "KNNConfig",
+    "KNNRetrievalConfig",
     "AugmentedSegmentation",
     "PatchLabels",
     "patch_label_distributions",
@@ -74,8 +75,8 @@ def faiss_available() -> bool:
 
 
 @dataclass
-class KNNConfig(FeatureConfig):
-    """Everything that defines the dense kNN protocol (plus the extraction settings of ``FeatureConfig``).
+class KNNRetrievalConfig:
+    """Memory and retrieval: the dense kNN protocol's own settings (the ``knn`` group of ``densessl-eval-seg``).
 
     Attributes:
         k: Neighbours per query patch.
@@ -86,7 +87,6 @@ class KNNConfig(FeatureConfig):
         query_chunk_size: Query patches per similarity block (bounds memory: block = query x memory chunk floats).
         memory_chunk_size: Memory patches per similarity block.
         use_faiss: Use ``faiss.IndexFlatIP`` if faiss imports (falls back to torch otherwise).
-        seed: Seed for memory subsampling and augmentation.
     """
 
     k: int = 30
@@ -97,11 +97,9 @@ class KNNConfig(FeatureConfig):
     query_chunk_size: int = 1024
     memory_chunk_size: int = 65536
     use_faiss: bool = False
-    seed: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
-        super().validate()
         if self.k < 1:
             raise ValueError(f"k must be >= 1, got {self.k}")
         if self.temperature <= 0:
@@ -117,6 +115,23 @@ class KNNConfig(FeatureConfig):
             raise ValueError(
                 f"chunk sizes must be >= 1, got query {self.query_chunk_size}, memory {self.memory_chunk_size}"
             )
+
+
+@dataclass
+class KNNConfig(KNNRetrievalConfig, FeatureConfig):
+    """Everything that defines the dense kNN protocol: extraction (``FeatureConfig``), memory and retrieval
+    (``KNNRetrievalConfig``) and the seed.
+
+    Attributes:
+        seed: Seed for memory subsampling and augmentation.
+    """
+
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible value."""
+        FeatureConfig.validate(self)
+        KNNRetrievalConfig.validate(self)
 
 
 def _sample_seed(*keys: int) -> int:

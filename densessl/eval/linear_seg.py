@@ -25,8 +25,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+import typing
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -34,24 +35,25 @@ import torch.utils.data
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from densessl.config_io import check_choices
 from densessl.eval.features import FeatureConfig, backbone_device, extract_features, iter_features
 from densessl.eval.metrics import ConfusionMatrix
 from densessl.eval.result import SegEvalResult
 
-__all__ = ["LinearProbeConfig", "LinearSegHead", "run_linear_probe", "dataset_classes", "backbone_settings"]
+__all__ = ["LinearHeadConfig", "LinearProbeConfig", "LinearSegHead", "run_linear_probe", "dataset_classes",
+           "backbone_settings"]
 
 logger = logging.getLogger("densessl")
 
-OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("poly", "cosine")
+Optimizer = Literal["sgd", "adamw"]
+Schedule = Literal["poly", "cosine"]
+OPTIMIZERS: tuple[str, ...] = typing.get_args(Optimizer)
+SCHEDULES: tuple[str, ...] = typing.get_args(Schedule)
 
 
 @dataclass
-class LinearProbeConfig(FeatureConfig):
-    """Everything that defines the linear-probe protocol (plus the extraction settings of ``FeatureConfig``).
-
-    Defaults run the synthetic dataset (400 train / 100 val images at 128 px) with a random ``resnet18`` in well under
-    a minute on 2 CPU cores.
+class LinearHeadConfig:
+    """How the linear head is trained: the probe's own settings (the ``linear`` group of ``densessl-eval-seg``).
 
     Attributes:
         epochs: Passes over the cached train features.
@@ -63,37 +65,51 @@ class LinearProbeConfig(FeatureConfig):
         schedule: ``"poly"`` (``(1 - t)^poly_power``) or ``"cosine"``, stepped per iteration, to 0.
         poly_power: Exponent of the poly schedule.
         dropout: ``Dropout2d`` probability before the 1x1 conv.
-        seed: Seed for head initialization, dropout and data order.
     """
 
     epochs: int = 10
     head_batch_size: int = 16
-    optimizer: str = "sgd"
+    optimizer: Optimizer = "sgd"
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
-    schedule: str = "poly"
+    schedule: Schedule = "poly"
     poly_power: float = 0.9
     dropout: float = 0.1
-    seed: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
-        super().validate()
+        check_choices(self)
         if self.epochs < 1:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.head_batch_size < 1:
             raise ValueError(f"head_batch_size must be >= 1, got {self.head_batch_size}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class LinearProbeConfig(LinearHeadConfig, FeatureConfig):
+    """Everything that defines the linear-probe protocol: extraction (``FeatureConfig``), head training
+    (``LinearHeadConfig``) and the seed.
+
+    Defaults run the synthetic dataset (400 train / 100 val images at 128 px) with a random ``resnet18`` in well under
+    a minute on 2 CPU cores.
+
+    Attributes:
+        seed: Seed for head initialization, dropout and data order.
+    """
+
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible value."""
+        FeatureConfig.validate(self)
+        LinearHeadConfig.validate(self)
 
 
 class LinearSegHead(nn.Module):

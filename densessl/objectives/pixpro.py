@@ -29,6 +29,7 @@ Differences from the reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
+from densessl.config_io import check_choices
 from densessl.coords import bin_diagonal, cell_centers, pairwise_distances
 from densessl.data.collate import Views
 from densessl.objectives.momentum import cosine_momentum, frozen_copy
@@ -51,15 +53,14 @@ class PixProConfig:
     gamma: float = 2.0
     hidden_dim: int = 4096
     out_dim: int = 256
-    transform_layers: int = 1
+    transform_layers: Literal[0, 1, 2] = 1
     momentum: float = 0.99
     ins_loss_weight: float = 0.0
 
     def validate(self) -> None:
+        check_choices(self)
         if self.pos_ratio <= 0:
             raise ValueError(f"pos_ratio must be > 0, got {self.pos_ratio}")
-        if self.transform_layers not in (0, 1, 2):
-            raise ValueError(f"transform_layers must be 0, 1 or 2, got {self.transform_layers}")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
         if self.ins_loss_weight < 0 or self.hidden_dim < 1 or self.out_dim < 1:

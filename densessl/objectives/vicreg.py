@@ -24,6 +24,7 @@ Differences from the reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
+from densessl.config_io import check_choices
 from densessl.data.collate import Views
 from densessl.dist import all_gather_with_grad
 from densessl.projectors import MLP, NormKind, default_norm
@@ -201,6 +203,10 @@ class VICRegLoss(nn.Module):
         return {"loss": inv + var + cov, "inv": inv, "var": var, "cov": cov}
 
 
+HeadNorm = Literal["auto", "bn", "ln", "none"]
+"""Normalization in the expander / local projector; ``auto`` picks it from the backbone (see ``resolve_norm``)."""
+
+
 @dataclass
 class VICRegConfig:
     """VICReg method settings (official VICRegL defaults for the global branch)."""
@@ -210,17 +216,16 @@ class VICRegConfig:
     cov_coeff: float = 1.0
     eps: float = 1e-4
     projector: str = "8192-8192-8192"
-    norm: str = "auto"
+    norm: HeadNorm = "auto"
     gather: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` for impossible values."""
+        check_choices(self)
         if min(self.inv_coeff, self.var_coeff, self.cov_coeff) < 0:
             raise ValueError("coefficients must be >= 0")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.norm not in ("auto", "bn", "ln", "none"):
-            raise ValueError(f"norm must be auto, bn, ln or none, got {self.norm!r}")
 
 
 def resolve_norm(norm: str, arch: str) -> NormKind:

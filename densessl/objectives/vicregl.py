@@ -48,6 +48,7 @@ Differences from the reference (both presets):
 
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,9 +56,11 @@ import torch
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
+from densessl.config_io import check_choices
 from densessl.coords import cell_centers, pairwise_distances, to_pixels
 from densessl.data.collate import Views
 from densessl.objectives.vicreg import (
+    HeadNorm,
     VICRegLoss,
     embedding_metrics,
     gather_center,
@@ -114,7 +117,8 @@ def select_matches(z_src: Tensor, z_tgt: Tensor, src_index: Tensor, tgt_index: T
     return x, y
 
 
-MATCHING_TYPES = ("both", "location", "feature")
+MatchingType = Literal["both", "location", "feature"]
+MATCHING_TYPES: tuple[str, ...] = typing.get_args(MatchingType)
 
 
 class VICRegLLocalLoss(nn.Module):
@@ -248,16 +252,17 @@ class VICRegLConfig:
     eps: float = 1e-4
     projector: str = "8192-8192-8192"
     local_projector: str = "512-512-512"
-    norm: str = "auto"
+    norm: HeadNorm = "auto"
     num_matches: tuple[int, int] = (20, 4)
     l2_all_matches: bool = True
-    preset: str = "corrected"
-    selection_order: str = "raster"
+    preset: Literal["official", "corrected"] = "corrected"
+    selection_order: SelectionOrder = "raster"
     gather: bool = True
-    local_matching: str = "both"
+    local_matching: MatchingType = "both"
 
     def validate(self) -> None:
         """Raise ``ValueError`` for impossible values."""
+        check_choices(self)
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
         if min(self.inv_coeff, self.var_coeff, self.cov_coeff) < 0:
@@ -266,14 +271,6 @@ class VICRegLConfig:
             raise ValueError(f"eps must be > 0, got {self.eps}")
         if len(self.num_matches) != 2 or min(self.num_matches) < 1:
             raise ValueError(f"num_matches must be two positive ints, got {self.num_matches}")
-        if self.preset not in ("official", "corrected"):
-            raise ValueError(f"preset must be 'official' or 'corrected', got {self.preset!r}")
-        if self.selection_order not in ("raster", "distance"):
-            raise ValueError(f"selection_order must be 'raster' or 'distance', got {self.selection_order!r}")
-        if self.local_matching not in MATCHING_TYPES:
-            raise ValueError(f"local_matching must be one of {MATCHING_TYPES}, got {self.local_matching!r}")
-        if self.norm not in ("auto", "bn", "ln", "none"):
-            raise ValueError(f"norm must be auto, bn, ln or none, got {self.norm!r}")
 
 
 class VICRegL(nn.Module):

@@ -129,3 +129,115 @@ def test_cli_error_subprocess_has_no_traceback() -> None:
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "weights file not found" in done.stderr
+
+
+# --------------------------------------------------------------------------- #
+# --config, overrides, --print-config (the EvalSegConfig schema, loaded by densessl.config_io)
+# --------------------------------------------------------------------------- #
+
+TINY_YAML = """\
+weights: random
+arch: resnet18
+dataset: synthetic
+protocol: knn
+features: {input_size: 64, device: cpu, progress: false}
+knn: {k: 5}
+synthetic: {train_images: 16, val_images: 8}
+"""
+
+
+def test_cli_runs_from_a_config_file_with_an_override_and_a_flag(tmp_path: Path) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text(TINY_YAML)
+    out = tmp_path / "knn.json"
+    code = _load_tool().main(["--config", str(config), "knn.k=4", "knn.temperature=0.1", "--out", str(out),
+                              "--temperature", "0.05"])
+    assert code == 0
+    record = json.loads(out.read_text())
+    assert KEYS <= set(record) and record["protocol"] == "knn" and record["arch"] == "resnet18"
+    settings = record["settings"]
+    assert settings["k"] == 4  # the override wins over the file
+    assert settings["temperature"] == 0.05  # the flag wins over the override
+    assert settings["input_size"] == 64 and settings["memory_patches"] == 16 * 4
+
+
+def _print_config(args: list[str], capsys: pytest.CaptureFixture) -> dict:
+    import yaml
+
+    code = _load_tool().main([*args, "--print-config"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    return yaml.safe_load(captured.out)
+
+
+def test_print_config_resolves_defaults_file_overrides_and_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from densessl.config_io import from_dict
+    from densessl.eval.config import EvalSegConfig
+
+    defaults = _print_config([], capsys)  # nothing required for printing: a template of every key
+    assert defaults["weights"] is None and defaults["features"]["input_size"] == 128 and defaults["knn"]["k"] == 30
+    assert from_dict(EvalSegConfig, defaults) == EvalSegConfig()
+
+    config = tmp_path / "eval.yaml"
+    config.write_text(TINY_YAML)
+    printed = _print_config(["--config", str(config), "linear.epochs=3", "--levels", "2", "3", "--seed", "7",
+                             "--no-progress", "--faiss", "--synthetic-size", "96"], capsys)
+    assert printed["weights"] == "random" and printed["protocol"] == "knn" and printed["seed"] == 7
+    assert printed["knn"]["k"] == 5 and printed["knn"]["use_faiss"] is True and printed["linear"]["epochs"] == 3
+    assert printed["features"] == {**defaults["features"], "input_size": 64, "device": "cpu", "progress": False,
+                                   "levels": [2, 3]}
+    assert printed["synthetic"] == {"train_images": 16, "val_images": 8, "size": 96}
+    # The flags alone give the same config as before configs existed, defaults included.
+    flags = _print_config(["--weights", "random", "--dataset", "voc", "--protocol", "linear", "--ignore-index", "7"],
+                          capsys)
+    assert flags == {**defaults, "weights": "random", "dataset": "voc", "protocol": "linear", "ignore_index": 7}
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "args", "message"),
+    [
+        ("knn: {kk: 5}\n", [], "config error: knn.kk: unknown key; did you mean 'k'?"),
+        ("", ["featurs.input_size=64"], "config error: featurs: unknown key; did you mean 'features'?"),
+        ("protocol: knnn\n", [], "config error: protocol: must be one of 'linear', 'knn' (or null), got 'knnn'; "
+                                 "did you mean 'knn'?"),
+        ("", ["linear.optimizer=adam"], "config error: linear.optimizer: must be one of 'sgd', 'adamw', got 'adam'; "
+                                        "did you mean 'adamw'?"),
+        ("features: {input_size: big}\n", [], "config error: features.input_size: expected int, got 'big' (str)"),
+        ("knn: {k: 5}\nknn: {k: 6}\n", [], "duplicate key 'knn'"),
+        ("", ["knn.k=0"], "config error: knn: k must be >= 1, got 0"),
+        ("weights: random\n", [], "config error: dataset, protocol: required; pass --dataset, --protocol"),
+    ],
+)
+def test_cli_config_errors_exit_2_naming_the_key(tmp_path: Path, capsys: pytest.CaptureFixture, yaml_text: str,
+                                                 args: list[str], message: str) -> None:
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml_text)
+    code = _load_tool().main(["--config", str(config), *args, "--print-config"] if "required" not in message
+                             else ["--config", str(config), *args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1 and message in err[0] and "Traceback" not in err[0], err
+
+
+def test_cli_missing_config_file_and_missing_flags(capsys: pytest.CaptureFixture) -> None:
+    assert _load_tool().main(["--config", "no/such/eval.yaml"]) == 2
+    assert "config error: no/such/eval.yaml: config file not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # without a config file, argparse's own message, as before
+        _load_tool().main(["--weights", "random", "--dataset", "synthetic"])
+    assert info.value.code == 2 and "the following arguments are required: --protocol" in capsys.readouterr().err
+
+
+def test_every_flag_sets_a_key_of_the_schema() -> None:
+    from densessl.config_io import merge
+    from densessl.eval.config import EvalSegConfig
+
+    tool = _load_tool()
+    dests = {action.dest for action in tool._parser()._actions} - {"help", "overrides", "config", "print_config",
+                                                                      "no_progress", "faiss"}
+    assert dests == set(tool._FLAG_KEYS)
+    for key in tool._FLAG_KEYS.values():  # each key exists (merge raises on an unknown key)
+        *parents, leaf = key.split(".")
+        node = EvalSegConfig()
+        for part in parents:
+            node = getattr(node, part)
+        merge(node, {leaf: getattr(node, leaf)})

@@ -1,0 +1,156 @@
+"""The segmentation-evaluation config schema (``densessl-eval-seg``): nested dataclasses holding every default.
+
+The same loader as pretraining and detection (``densessl.config_io``): a YAML file lists only what differs from these
+defaults, ``key.sub=value`` overrides change single values, and the tool's flags (``--k 5``) are applied on top::
+
+    weights: runs/vicregl_r50/backbone.safetensors
+    dataset: voc
+    data_root: /data/VOCdevkit
+    protocol: linear
+    features: {input_size: 448, levels: [2, 3]}
+    linear: {epochs: 20, lr: 0.1}
+
+Groups reuse the protocol configs' own dataclasses: ``features`` is ``densessl.eval.features.FeatureConfig``
+(extraction, shared by both protocols), ``linear`` is ``densessl.eval.linear_seg.LinearHeadConfig`` and ``knn`` is
+``densessl.eval.knn.KNNRetrievalConfig``; :meth:`EvalSegConfig.protocol_config` joins ``features``, the chosen
+protocol's group and ``seed`` into the ``LinearProbeConfig`` / ``KNNConfig`` the protocol runs with.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from densessl.config_io import load_config
+from densessl.eval.features import FeatureConfig
+from densessl.eval.knn import KNNConfig, KNNRetrievalConfig
+from densessl.eval.linear_seg import LinearHeadConfig, LinearProbeConfig
+
+__all__ = ["EvalSegConfig", "Protocol", "SegDataset", "SyntheticSegConfig", "load_eval_seg_config"]
+
+SegDataset = Literal["voc", "ade20k", "cityscapes", "coco_stuff", "folder", "synthetic"]
+"""``densessl.data.seg_readers.SEGMENTATION_DATASETS`` (a test checks that they agree)."""
+Protocol = Literal["linear", "knn"]
+
+# The fields a run cannot do without, and the flag that sets each.
+REQUIRED = {"weights": "--weights", "dataset": "--dataset", "protocol": "--protocol"}
+
+
+@dataclass
+class SyntheticSegConfig:
+    """The embedded synthetic scenes (``dataset: synthetic``): no data root needed.
+
+    Attributes:
+        train_images: Train split size.
+        val_images: Val split size.
+        size: Side of the square images.
+    """
+
+    train_images: int = 400
+    val_images: int = 100
+    size: int = 128
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible value."""
+        for name in ("train_images", "val_images", "size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass
+class EvalSegConfig:
+    """One segmentation evaluation of a frozen backbone: weights, dataset, protocol and every protocol setting.
+
+    Attributes:
+        weights: Backbone weights (``backbone.safetensors``/``backbone.pt`` of a run, a training checkpoint, a timm
+            state dict) or ``random``. Required.
+        arch: timm architecture; ``None`` = the one the weights file states (needed with ``random`` or a plain timm
+            state dict).
+        dataset: Dataset reader. Required.
+        data_root: Dataset folder (not needed for ``synthetic``).
+        protocol: ``linear`` probe or dense ``knn`` retrieval. Required.
+        out: Write the results as JSON to this file (``None``: print only).
+        num_classes: Class count (folder datasets; a check for the others).
+        ignore_index: Mask value meaning "ignore" in a folder dataset (remapped to 255).
+        seed: Seed for random weights, the synthetic data and the protocol (probe, memory sampling).
+        num_threads: torch CPU threads (``None``: torch's default).
+        features: Feature extraction, shared by both protocols; ``features.device`` ``None`` = CUDA if available.
+        linear: Head training of the linear probe.
+        knn: Memory and retrieval of the kNN protocol.
+        synthetic: The synthetic dataset's sizes.
+    """
+
+    weights: str | None = None
+    arch: str | None = None
+    dataset: SegDataset | None = None
+    data_root: str | None = None
+    protocol: Protocol | None = None
+    out: str | None = None
+    num_classes: int | None = None
+    ignore_index: int = 255
+    seed: int = 0
+    num_threads: int | None = None
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    linear: LinearHeadConfig = field(default_factory=LinearHeadConfig)
+    knn: KNNRetrievalConfig = field(default_factory=KNNRetrievalConfig)
+    synthetic: SyntheticSegConfig = field(default_factory=SyntheticSegConfig)
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first impossible value (unset required fields are :meth:`missing`)."""
+        if self.weights == "":
+            raise ValueError("weights: must be a weights file or 'random', got ''")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ValueError(f"num_classes: must be >= 1 or null, got {self.num_classes}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"num_threads: must be >= 1 or null, got {self.num_threads}")
+        if not 0 <= self.ignore_index <= 255:
+            raise ValueError(f"ignore_index: must be a mask value in [0, 255], got {self.ignore_index}")
+
+    def missing(self) -> list[str]:
+        """The required fields (``weights``, ``dataset``, ``protocol``) that are not set, in that order."""
+        return [name for name in REQUIRED if getattr(self, name) is None]
+
+    def protocol_config(self, device: str | None = None) -> LinearProbeConfig | KNNConfig:
+        """The config the chosen protocol runs with: ``features`` + the protocol's group + ``seed``.
+
+        Args:
+            device: Overrides ``features.device`` (the tool passes the resolved device).
+
+        Raises:
+            ValueError: If ``protocol`` is not set.
+        """
+        if self.protocol is None:
+            raise ValueError("protocol: required, 'linear' or 'knn'")
+        group, cls = (self.linear, LinearProbeConfig) if self.protocol == "linear" else (self.knn, KNNConfig)
+        values = {**_shallow(self.features), **_shallow(group), "seed": self.seed}
+        if device is not None:
+            values["device"] = device
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+
+def _shallow(obj: object) -> dict[str, object]:
+    """A dataclass's fields as a name -> value dict, values not copied (``dataclasses.asdict`` recurses)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+
+
+def load_eval_seg_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    updates: Mapping[str, Any] | None = None,
+) -> EvalSegConfig:
+    """Defaults <- YAML file (with optional ``_base_``) <- ``key.sub=value`` overrides <- ``updates``, validated.
+
+    Args:
+        path: YAML file; ``None`` for the defaults.
+        overrides: Dotlist such as ``["knn.k=5"]``.
+        updates: Nested mapping applied last (the tool's flags, e.g. ``{"knn": {"k": 5}}``).
+
+    Raises:
+        densessl.config_io.ConfigError: naming the offending dotted key.
+    """
+    return load_config(EvalSegConfig, path, overrides, updates)
