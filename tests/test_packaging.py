@@ -19,7 +19,7 @@ COMMANDS = ("densessl-train", "densessl-eval-seg", "densessl-compare-evals", "de
 def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """The wheel built from this checkout, and a folder it is installed into (``pip install --target``)."""
     out = tmp_path_factory.mktemp("wheel")
-    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
                             "-w", str(out / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr[-3000:]
     wheel = next((out / "dist").glob("densessl-*.whl"))
