@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -43,7 +44,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--dataset", choices=["synthetic"], help="built-in dataset to draw the image from")
     parser.add_argument("--index", type=int, default=0, help="image index in --dataset (default 0)")
     parser.add_argument("--scene-size", type=int, default=256, help="side of synthetic images in pixels (default 256)")
-    parser.add_argument("--out", required=True, help="output PNG path")
+    parser.add_argument("--out", required=True, help="output PNG path (missing parent folders are created)")
     parser.add_argument("--size", type=int, default=224, help="side of the two global crops (default 224)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the views and of a random init (default 0)")
     parser.add_argument("--query", type=float, nargs=2, metavar=("X", "Y"),
@@ -77,6 +78,25 @@ def _validate(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"image file not found: {args.image!r}")
     if args.query is not None and not all(0.0 <= v <= 1.0 for v in args.query):
         raise ValueError(f"--query must be normalized (x, y) in [0, 1], got {args.query}")
+    _check_out(args.out)
+
+
+def _check_out(out: str) -> None:
+    """Fail before any compute when the figure could not be written to ``out`` (missing parents are created)."""
+    path = Path(out).absolute()
+    if path.is_dir():
+        raise ValueError(f"--out {out!r} is a folder; give a PNG file path, e.g. --out {os.path.join(out, 'viz.png')}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"--out {out!r} exists and is not writable; choose another output path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing folder, where the missing ones would be created
+    if not folder.is_dir():
+        raise ValueError(f"--out {out!r} cannot be created: {str(folder)!r} is a file, not a folder; choose another "
+                         f"output path")
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out!r} cannot be created: folder {str(folder)!r} is not writable; choose another "
+                         f"output path")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -141,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   seed=args.seed, batch_size=8, level=0)
             print(f"dataset match precision over {len(images)} synthetic val images (both directions): "
                   f"{pooled.precision:.4f} = {pooled.num_correct}/{pooled.num_valid}, chance {pooled.chance:.4f}")
-    except (ValueError, FileNotFoundError, ImageLoadError, RuntimeError, IndexError) as error:
+    except (ValueError, OSError, ImageLoadError, RuntimeError, IndexError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         print(f"error: {message}", file=sys.stderr)
         return 2

@@ -6,7 +6,9 @@ images); every one of them becomes an 8-bit RGB ``PIL.Image`` here, so the trans
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +20,52 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".
 
 
 class ImageLoadError(ValueError):
-    """An image file could not be read or decoded. ``path`` names the file."""
+    """An image file (or a folder of them) could not be read or decoded.
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read image {self.path!r}: {reason}")
+    Built as ``ImageLoadError(path, reason)`` (message ``cannot read image '<path>': <reason>``) or from one message,
+    ``ImageLoadError(message)``. The one-message form is how a ``DataLoader`` worker's error comes back to the main
+    process: torch rebuilds it as ``ImageLoadError("Caught ImageLoadError in DataLoader worker ... <traceback>")``;
+    the original message is then recovered from the traceback, so the error still reads as one line.
+
+    Attributes:
+        path: The file that could not be read; ``""`` when the message names no single file.
+        reason: Why, e.g. ``"file not found"``; the whole message when it has no ``cannot read image`` form.
+    """
+
+    def __init__(self, path: str | os.PathLike, reason: str | None = None) -> None:
+        if reason is None:
+            message = _original_message(str(path), type(self))
+            match = _MESSAGE.fullmatch(message)
+            if match:
+                self.path = ast.literal_eval(match["path"])
+                self.reason = match["reason"]
+            else:
+                self.path, self.reason = "", message
+        else:
+            self.path, self.reason = str(path), reason
+            message = f"cannot read image {self.path!r}: {reason}"
+        super().__init__(message)
+
+
+# The message of ``ImageLoadError(path, reason)``; the path is a Python string literal (``repr``).
+_MESSAGE = re.compile(r"cannot read image (?P<path>'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"): (?P<reason>.*)",
+                      re.DOTALL)
+
+
+def _original_message(message: str, exc_type: type) -> str:
+    """The original message of an exception of ``exc_type`` re-raised from a ``DataLoader`` worker's traceback.
+
+    torch's ``ExceptionWrapper.reraise`` passes ``"Caught <Type> in DataLoader worker process N.\nOriginal
+    Traceback (most recent call last): ... <module>.<Type>: <message>"``; the text after the last
+    ``<module>.<Type>: `` is the message the worker raised. Any other message is returned as is.
+    """
+    if not (message.startswith("Caught ") and "Traceback (most recent call last)" in message):
+        return message
+    marker = f"{exc_type.__module__}.{exc_type.__qualname__}: "
+    start = message.rfind(marker)
+    if start < 0:
+        return message
+    return message[start + len(marker):].strip()
 
 
 def _high_depth_to_uint8(array: np.ndarray) -> np.ndarray:
@@ -90,5 +132,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise
     except FileNotFoundError:
         raise ImageLoadError(path, "file not found") from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+    except UnidentifiedImageError as error:  # its message repeats the path
+        raise ImageLoadError(path, "UnidentifiedImageError: not an image file PIL can decode") from error
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise ImageLoadError(path, f"{type(error).__name__}: {error}") from error

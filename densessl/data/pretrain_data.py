@@ -28,29 +28,112 @@ logger = logging.getLogger("densessl")
 class ImageFolder(torch.utils.data.Dataset):
     """Every image file under ``root``, recursively, in sorted path order (ImageNet's ``train/<class>/*.JPEG`` works).
 
+    Symlinked folders are followed (a folder of links is a common way to build an ImageNet subset), each real folder
+    once: a folder reached again (a symlink loop, or a second link to it) is skipped with a warning. Folders that
+    cannot be listed (permission denied) are skipped with a warning naming them; the number of images found is
+    logged.
+
     Args:
         root: Folder to scan.
 
     Raises:
         FileNotFoundError: ``root`` does not exist or is not a folder.
-        ValueError: No image file was found.
+        ValueError: No image file was found (the message says how many other files and unreadable folders there
+            were).
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {str(self.root)!r}")
-        self.paths = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        scan = _scan_images(self.root)
+        self.paths = sorted(scan.images)
         if not self.paths:
-            raise ValueError(
-                f"no images under {str(self.root)!r} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
-            )
+            raise ValueError(scan.no_images_message(self.root))
+        logger.info("found %d images under %s", len(self.paths), self.root)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Image.Image:
         return load_image(self.paths[index])
+
+
+_WARN_FOLDERS = 5  # unreadable or repeated folders warned about one by one; the rest are summed up
+
+
+class _Scan:
+    """What ``_scan_images`` saw: image files, other files (count and a few names), folders it could not list."""
+
+    def __init__(self) -> None:
+        self.images: list[Path] = []
+        self.other_count = 0
+        self.other_examples: list[str] = []
+        self.unreadable: list[tuple[Path, str]] = []
+        self.repeated = 0
+
+    def no_images_message(self, root: Path) -> str:
+        message = f"no images under {str(root)!r} (looked recursively for {', '.join(IMAGE_EXTENSIONS)})"
+        if self.other_count:
+            examples = ", ".join(repr(name) for name in self.other_examples)
+            more = ", ..." if self.other_count > len(self.other_examples) else ""
+            plural = "s" if self.other_count != 1 else ""
+            message += (f"; it holds {self.other_count} other file{plural} without an image extension "
+                        f"({examples}{more})")
+        if self.unreadable:
+            shown = ", ".join(f"{str(path)!r} ({reason})" for path, reason in self.unreadable[:3])
+            more = ", ..." if len(self.unreadable) > 3 else ""
+            plural = "s" if len(self.unreadable) != 1 else ""
+            message += f"; {len(self.unreadable)} folder{plural} could not be read: {shown}{more}"
+        return message + "; point data.root at a folder of images (subfolders allowed)"
+
+
+def _scan_images(root: Path) -> _Scan:
+    """Walk ``root`` depth first in sorted name order, following symlinked folders, each real folder once."""
+    scan = _Scan()
+    visited = {os.path.realpath(root)}
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = sorted(listing, key=lambda entry: entry.name)
+        except OSError as error:
+            reason = error.strerror or type(error).__name__
+            scan.unreadable.append((folder, reason))
+            if len(scan.unreadable) <= _WARN_FOLDERS:
+                logger.warning("cannot read folder %s (%s): its images are left out", folder, reason)
+            continue
+        subfolders = []
+        for entry in entries:
+            path = folder / entry.name
+            try:
+                is_dir = entry.is_dir()  # follows symlinks
+                is_file = not is_dir and entry.is_file()
+            except OSError:
+                is_dir = is_file = False
+            if is_dir:
+                real = os.path.realpath(path)
+                if real in visited:
+                    scan.repeated += 1
+                    if scan.repeated <= _WARN_FOLDERS:
+                        logger.warning("skipping folder %s: it is %s, already scanned (a symlink loop or a second "
+                                       "link to one folder)", path, real)
+                    continue
+                visited.add(real)
+                subfolders.append(path)
+            elif is_file and path.suffix.lower() in IMAGE_EXTENSIONS:
+                scan.images.append(path)
+            elif is_file:
+                scan.other_count += 1
+                if len(scan.other_examples) < 3:
+                    scan.other_examples.append(path.relative_to(root).as_posix())
+        stack.extend(reversed(subfolders))  # pop() takes them in sorted order
+    if len(scan.unreadable) > _WARN_FOLDERS:
+        logger.warning("%d folders under %s could not be read; their images are left out", len(scan.unreadable), root)
+    if scan.repeated > _WARN_FOLDERS:
+        logger.warning("%d folders under %s were reached twice and scanned once", scan.repeated, root)
+    return scan
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -76,23 +159,36 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 class PretrainDataset(torch.utils.data.Dataset):
     """Images -> ``CropViews``, reproducibly, skipping unreadable files unless ``strict``.
 
-    A skipped file is replaced by the next readable index and counted in ``views.extras["skipped"]`` so the training
-    loop can report how many were skipped. With ``strict=True`` the first unreadable file stops the run.
+    A skipped file is replaced by the next readable index, and its dataset index is recorded in
+    ``views.extras["skipped"]`` (a ``(MAX_ATTEMPTS,)`` long tensor padded with -1) so the training loop can report
+    which files were skipped. With ``strict=True`` the first unreadable file stops the run. A sample that finds no
+    readable image in ``MAX_ATTEMPTS`` consecutive files raises ``ImageLoadError``.
+
+    At construction a few images (spread over the dataset) are decoded; if none can be, every image is tried (up to
+    ``check_tries``) and a folder where none of them reads fails right away, before any training.
 
     Args:
-        images: A dataset of PIL images.
+        images: A dataset of PIL images (an ``ImageFolder``'s ``root`` and ``paths`` name the files in messages).
         multicrop: The view transform.
         seed: Run seed.
         strict: Raise on unreadable files instead of skipping them.
+        check_tries: Most images decoded by the construction check when they all fail (0 = no check).
+
+    Raises:
+        ImageLoadError: None of the images tried at construction could be read.
     """
 
+    MAX_ATTEMPTS = 32
+
     def __init__(self, images: torch.utils.data.Dataset, multicrop: MultiCrop, seed: int = 0,
-                 strict: bool = False) -> None:
+                 strict: bool = False, check_tries: int = 256) -> None:
         self.images = images
         self.multicrop = multicrop
         self.seed = seed
         self.strict = strict
         self.epoch = 0
+        if check_tries:
+            self.check_readable(check_tries)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentations of ``epoch`` (call before creating the epoch's DataLoader iterator)."""
@@ -101,9 +197,51 @@ class PretrainDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)  # type: ignore[arg-type]
 
+    def describe(self, index: int) -> str:
+        """The file of image ``index`` (or ``image #index`` for images without files), for messages."""
+        paths = getattr(self.images, "paths", None)
+        return str(paths[index]) if paths is not None else f"image #{index}"
+
+    def _where(self) -> str:
+        root = getattr(self.images, "root", None)
+        return f" under {str(root)!r}" if root is not None else ""
+
+    def check_readable(self, max_tries: int = 256) -> None:
+        """Fail fast when no image can be read: decode a few spread-out images, then (if all fail) more.
+
+        Returns at the first readable image, so a healthy dataset costs one decode.
+
+        Args:
+            max_tries: Most images decoded in all.
+
+        Raises:
+            ImageLoadError: None of the images tried could be read; the message names the folder, how many were
+                tried and the first failure.
+        """
+        count = len(self)
+        if count == 0:
+            return
+        spread = np.linspace(0, count - 1, num=min(count, 8)).round().astype(int).tolist()
+        order = list(dict.fromkeys([*spread, *range(min(count, max_tries))]))[:max(max_tries, 1)]
+        first: ImageLoadError | None = None
+        for index in order:
+            try:
+                self.images[index]
+                return
+            except ImageLoadError as error:
+                first = first or error
+        assert first is not None
+        tried = f"none of the {count} images" if len(order) == count else \
+            f"none of the {len(order)} images tried (of {count})"
+        raise ImageLoadError(
+            f"{tried}{self._where()} could be read (first: {first.path!r}: {first.reason}); replace or delete the "
+            f"unreadable files, or point data.root at a folder of readable images")
+
     def __getitem__(self, index: int) -> CropViews:
-        skipped = 0
-        for attempt in range(min(len(self), 32)):
+        skipped: list[int] = []
+        first: ImageLoadError | None = None
+        attempts = min(len(self), self.MAX_ATTEMPTS)
+        for attempt in range(attempts):
             current = (index + attempt) % len(self)
             try:
                 image = self.images[current]
@@ -111,13 +249,22 @@ class PretrainDataset(torch.utils.data.Dataset):
                 if self.strict:
                     raise
                 logger.warning("skipping unreadable image: %s", error)
-                skipped += 1
+                skipped.append(current)
+                first = first or error
                 continue
             generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
             views = self.multicrop(image, generator)
-            views.extras["skipped"] = torch.tensor(skipped)
+            record = torch.full((self.MAX_ATTEMPTS,), -1, dtype=torch.long)
+            record[: len(skipped)] = torch.tensor(skipped, dtype=torch.long)
+            views.extras["skipped"] = record
             return views
-        raise RuntimeError(f"{skipped} consecutive unreadable images starting at index {index}; is the folder corrupt?")
+        assert first is not None
+        if attempts == len(self):
+            what = f"none of the {attempts} images{self._where()} could be read"
+        else:
+            what = f"{attempts} consecutive images{self._where()} could not be read"
+        raise ImageLoadError(f"{what} (first: {first.path!r}: {first.reason}); replace or delete the unreadable "
+                             f"files, or point data.root at a folder of readable images")
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):

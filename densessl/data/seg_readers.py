@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, NamedTuple, Sequence
+from typing import Any, ClassVar, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -548,7 +548,8 @@ class FolderSegmentation(_PairedFiles):
     (one name per line, line k = class k, blank lines ignored) or ``num_classes`` (names ``class_0`` ...).
 
     The folder is validated at construction (see ``validate``): every problem is collected and reported in one
-    ``ValueError``. Sample names are relative paths without extension (``"site1/a"``), so they stay unique.
+    ``ValueError``, with the other split's problems too when this split fails. Sample names are relative paths without
+    extension (``"site1/a"``), so they stay unique.
 
     Args:
         root: The dataset folder.
@@ -620,6 +621,9 @@ class FolderSegmentation(_PairedFiles):
         ``check_values``) mask values are in ``[0, num_classes)`` or the ignore value. Image sizes are read from the
         file headers without decoding the pixels.
 
+        When the split has problems, the other split is checked too (unless it already passed in this process) and
+        its problems are listed in the same error, so one round of fixes covers both.
+
         Args:
             max_report: Offending files listed per kind of problem.
 
@@ -628,22 +632,43 @@ class FolderSegmentation(_PairedFiles):
         """
         if max_report < 1:
             raise ValueError(f"max_report must be >= 1, got {max_report}")
-        header = f"invalid segmentation folder {self.root} (split {self.split!r})"
-        image_dir, mask_dir = self.root / "images" / self.split, self.root / "masks" / self.split
+        problems, samples = self._collect(self.split)
+        if problems:
+            message = problems.message(f"invalid segmentation folder {self.root} (split {self.split!r})", max_report)
+            other = SPLITS[1 - SPLITS.index(self.split)]
+            if self._key(other) not in FolderSegmentation._passed:
+                other_problems, _ = self._collect(other)
+                if other_problems:
+                    message += "\n" + other_problems.message(f"and split {other!r} of the same folder", max_report)
+            raise ValueError(message)
+        self.samples = samples
+        FolderSegmentation._passed.add(self._key(self.split))
+        logger.info("segmentation folder %s (split %r): %d image/mask pairs, %d classes%s", self.root, self.split,
+                    len(samples), self.num_classes, "" if self.check_values else " (mask values not checked)")
+
+    # Splits that passed validation in this process, so a failing split does not re-check a big one that passed.
+    _passed: ClassVar[set[tuple[str, str, int, int, bool]]] = set()
+
+    def _key(self, split: str) -> tuple[str, str, int, int, bool]:
+        return (str(self.root.resolve()), split, self.num_classes, self.source_ignore_index, self.check_values)
+
+    def _collect(self, split: str) -> tuple[_Problems, list[_Pair]]:
+        """Every problem of ``split`` (see ``validate``) and, when there are none, its image/mask pairs."""
+        image_dir, mask_dir = self.root / "images" / split, self.root / "masks" / split
         problems = _Problems()
         for folder in (image_dir, mask_dir):
             if not folder.is_dir():
                 problems.add("missing folders", f"{self._rel(folder)}/",
-                             f"expected images/{self.split}/ (the images) and masks/{self.split}/ (one PNG mask per "
+                             f"expected images/{split}/ (the images) and masks/{split}/ (one PNG mask per "
                              f"image, same relative path)")
         if problems:
-            raise ValueError(problems.message(header, max_report))
+            return problems, []
         images = _scan_tree(image_dir, IMAGE_EXTENSIONS)
         masks = _scan_tree(mask_dir, (".png",))
         if not images:
             problems.add("empty split", f"{self._rel(image_dir)}/ has no images",
                          f"put the split's images ({', '.join(IMAGE_EXTENSIONS)}) there, subfolders allowed")
-            raise ValueError(problems.message(header, max_report))
+            return problems, []
 
         for key, paths in images.items():
             if key not in masks:
@@ -671,11 +696,7 @@ class FolderSegmentation(_PairedFiles):
             image_path, mask_path = images[key][0], masks[key][0]
             if self._check_pair(image_path, mask_path, problems):
                 samples.append(_Pair(image_path, mask_path, table, key))
-        if problems:
-            raise ValueError(problems.message(header, max_report))
-        self.samples = samples
-        logger.info("segmentation folder %s (split %r): %d image/mask pairs, %d classes%s", self.root, self.split,
-                    len(samples), self.num_classes, "" if self.check_values else " (mask values not checked)")
+        return problems, samples
 
     def _check_pair(self, image_path: Path, mask_path: Path, problems: _Problems) -> bool:
         """Check one image/mask pair, adding what is wrong to ``problems``; True when the pair is fine."""

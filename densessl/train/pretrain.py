@@ -252,7 +252,7 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
 
     progress = tqdm(total=total_steps, initial=step, disable=not (run.main and cfg.train.progress),
                     dynamic_ncols=True, desc=f"{cfg.method}/{cfg.model.arch}")
-    skipped_total = 0
+    skipped_files: set[int] = set()  # dataset indices of the unreadable files skipped so far
     last_loss = math.nan
     interrupted = False
     backbone_path = None
@@ -274,7 +274,8 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
                 engine.set_lr(optimizer, lr)
                 micro_batches = [next(batches) for _ in range(cfg.optim.accumulate)]
                 for views in micro_batches:
-                    skipped_total += int(views.extras.pop("skipped").sum())
+                    skipped = views.extras.pop("skipped")
+                    skipped_files.update(skipped[skipped >= 0].tolist())
                 terms = engine.optimizer_step(run, model, optimizer, scaler, micro_batches, forward, iteration=step,
                                               clip_grad=cfg.optim.clip_grad)
                 if pretrainer.teacher_backbone is not None:
@@ -283,7 +284,7 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
                 last_loss = float(terms["loss"])
                 progress.update(1)
                 record = engine.log_step(run, step, total_steps, terms, lr=lr, images=cfg.data.batch_size,
-                                         extra={"skipped_images": skipped_total}, steps_per_epoch=steps_per_epoch)
+                                         extra={"skipped_images": len(skipped_files)}, steps_per_epoch=steps_per_epoch)
                 if record is not None:
                     progress.set_postfix(loss=f"{record['loss']:.3f}", img_s=f"{record['images_per_s']:.1f}")
                 if diagnostic_images and (step % cfg.train.diagnostics_every == 0 or step == total_steps):
@@ -308,8 +309,11 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
                     logger.warning("stopped by signal %d at iteration %d; resume with --resume", signum, step)
                     break
             del batches
-        if skipped_total:
-            logger.warning("skipped %d unreadable images (data.strict=true makes them fatal)", skipped_total)
+        if skipped_files:
+            named = ", ".join(dataset.describe(index) for index in sorted(skipped_files)[:3])
+            more = f" and {len(skipped_files) - 3} more" if len(skipped_files) > 3 else ""
+            logger.warning("skipped %d unreadable images: %s%s (data.strict=true makes them fatal)",
+                           len(skipped_files), named, more)
         if not interrupted and run.main:
             exported = save_backbone(pretrainer.backbone.model, run.run_dir, cfg.model.arch, to_dict(cfg))
             backbone_path = exported.safetensors

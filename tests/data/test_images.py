@@ -61,3 +61,29 @@ def test_corrupt_and_missing_files_name_the_file(tmp_path: Path) -> None:
     empty.write_bytes(b"")
     with pytest.raises(ImageLoadError, match="empty.png"):
         load_image(empty)
+
+
+def test_image_load_error_from_one_message_and_pickle(tmp_path: Path) -> None:
+    import pickle
+
+    path = tmp_path / "a b's \"q\".jpg"  # quotes of both kinds survive the round trip
+    error = ImageLoadError(path, "file not found")
+    assert str(error) == f"cannot read image {str(path)!r}: file not found"
+    again = pickle.loads(pickle.dumps(error))  # rebuilt from its one message, as multiprocessing does
+    assert type(again) is ImageLoadError and str(again) == str(error)
+    assert again.path == str(path) and again.reason == "file not found"
+    plain = ImageLoadError("none of the 3 images could be read")
+    assert plain.path == "" and plain.reason == str(plain) == "none of the 3 images could be read"
+
+
+def test_image_load_error_rebuilt_from_a_dataloader_worker_traceback(tmp_path: Path) -> None:
+    from torch._utils import ExceptionWrapper
+
+    try:
+        load_image(tmp_path / "missing.jpg")
+    except ImageLoadError:
+        wrapper = ExceptionWrapper(where="in DataLoader worker process 1")
+    with pytest.raises(ImageLoadError) as info:
+        wrapper.reraise()  # what the DataLoader does in the main process
+    assert str(info.value) == f"cannot read image {str(tmp_path / 'missing.jpg')!r}: file not found"
+    assert info.value.path == str(tmp_path / "missing.jpg") and info.value.reason == "file not found"

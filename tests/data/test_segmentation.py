@@ -344,6 +344,38 @@ def test_folder_missing_folder(tmp_path: Path) -> None:
         FolderSegmentation(tmp_path / "nowhere", "train", num_classes=2)
 
 
+def test_folder_reports_the_problems_of_both_splits(tmp_path: Path) -> None:
+    root = _folder(tmp_path, classes=["a", "b", "c"])
+    _folder(root, "val")
+    (root / "masks" / "train" / "site1" / "b.png").unlink()
+    _mask(root / "masks" / "val" / "a.png", [0, 9])
+    (root / "images" / "val" / "site1" / "deep" / "c.bmp").unlink()
+    train_part, val_part = _folder_error(root).split("\nand split 'val' of the same folder, ")
+    assert train_part.endswith("1 problem:\n  images without a mask (1): images/train/site1/b.png — expected a PNG "
+                               "mask with the same relative path, e.g. masks/train/site1/b.png")
+    assert val_part.startswith("2 problems:\n")
+    assert "masks without an image (1): masks/val/site1/deep/c.png" in val_part
+    assert "mask values outside [0, 3) and != 255 (1): masks/val/a.png has values [9]" in val_part
+    message = str(pytest.raises(ValueError, FolderSegmentation, root, "val").value)  # val first: train shown too
+    assert message.startswith(f"invalid segmentation folder {root} (split 'val'), 2 problems:\n")
+    assert "\nand split 'train' of the same folder, 1 problem:\n  images without a mask (1)" in message
+
+
+def test_folder_other_split_missing_or_already_valid(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "only_train", classes=["a", "b", "c"])
+    (root / "masks" / "train" / "a.png").unlink()
+    message = _folder_error(root)
+    assert "\nand split 'val' of the same folder, 2 problems:\n  missing folders (2): images/val/, masks/val/" \
+        in message
+    root = _folder(tmp_path / "both", classes=["a", "b", "c"])
+    _folder(root, "val")
+    assert len(FolderSegmentation(root, "train")) == 3
+    (root / "masks" / "train" / "a.png").unlink()  # train passed above: not checked again for val's error
+    (root / "masks" / "val" / "a.png").unlink()
+    message = str(pytest.raises(ValueError, FolderSegmentation, root, "val").value)
+    assert "images without a mask (1): images/val/a.jpg" in message and "split 'train'" not in message
+
+
 def test_folder_class_definitions(tmp_path: Path) -> None:
     root = _folder(tmp_path, classes=["a", "b", "c"])
     with pytest.raises(ValueError, match=r"classes\.txt lists 3 classes but num_classes=5"):
