@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from densessl.data.collate import Views
 from densessl.weights import BackboneWeights, load_backbone_weights, read_backbone_weights
 
-__all__ = ["DenseBackbone", "DenseFeatures", "encode_views", "load_backbone_weights"]
+__all__ = ["DenseBackbone", "DenseFeatures", "encode_views", "load_backbone_weights", "normalize_levels"]
 
 logger = logging.getLogger("densessl")
 
@@ -76,6 +76,17 @@ def _unknown_arch_message(arch: str) -> str:
         close = [name for name in names if prefix and name.startswith(prefix)][:5]
     hint = f"did you mean: {', '.join(close)}?" if close else "see timm.list_models() for the names"
     return f"unknown timm architecture {arch!r}; {hint}"
+
+
+def normalize_levels(levels: Sequence[int], count: int, arch: str) -> list[int]:
+    """The one feature-level rule: ``feature_info`` indices, negative counting from the end, as indices in ``[0, count)``.
+
+    Raises:
+        ValueError: No level, or one outside ``[-count, count)`` (the message names the architecture).
+    """
+    if not levels or any(not -count <= int(level) < count for level in levels):
+        raise ValueError(f"levels {list(levels)} out of range for {arch!r} with {count} feature levels")
+    return [int(level) % count for level in levels]
 
 
 class DenseBackbone(nn.Module):
@@ -120,9 +131,7 @@ class DenseBackbone(nn.Module):
         if not hasattr(self.model, "forward_intermediates"):
             raise ValueError(f"timm model {arch!r} has no forward_intermediates(); densessl needs it for dense maps")
         info = list(self.model.feature_info)
-        if not levels or any(not -len(info) <= level < len(info) for level in levels):
-            raise ValueError(f"levels {list(levels)} out of range for {arch!r} with {len(info)} feature levels")
-        self.levels = [level % len(info) for level in levels]
+        self.levels = normalize_levels(levels, len(info), arch)
         self.channels = [int(info[level]["num_chs"]) for level in self.levels]
         self.strides = [int(info[level]["reduction"]) for level in self.levels]
         self.num_features = int(self.model.num_features)

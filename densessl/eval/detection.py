@@ -50,7 +50,7 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FeaturePyramidNetwork, FrozenBatchNorm2d, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from densessl.backbones import DenseBackbone, load_backbone_weights
+from densessl.backbones import DenseBackbone, load_backbone_weights, normalize_levels
 from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -295,9 +295,7 @@ class DetectionBackbone(nn.Module):
     def _pick_levels(arch: str, info: list[dict[str, Any]], levels: Sequence[int] | None, neck: str) -> list[int]:
         count = len(info)
         if levels is not None:
-            if not levels or any(not -count <= level < count for level in levels):
-                raise ValueError(f"levels {list(levels)} out of range for {arch!r} with {count} feature levels")
-            picked = [level % count for level in levels]
+            picked = normalize_levels(levels, count, arch)
             if picked != sorted(set(picked)):
                 raise ValueError(f"levels must be increasing and distinct, got {list(levels)}")
             return picked

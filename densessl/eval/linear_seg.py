@@ -39,6 +39,7 @@ from densessl.config_io import check_choices
 from densessl.eval.features import FeatureConfig, backbone_device, extract_features, iter_features
 from densessl.eval.metrics import ConfusionMatrix
 from densessl.eval.result import SegEvalResult
+from densessl.optim_rules import decay_factor, param_groups
 
 __all__ = ["LinearHeadConfig", "LinearProbeConfig", "LinearSegHead", "run_linear_probe", "dataset_classes",
            "backbone_settings"]
@@ -168,17 +169,10 @@ def backbone_settings(backbone: nn.Module) -> dict[str, Any]:
     }
 
 
-def _lr_factor(cfg: LinearProbeConfig, step: int, total: int) -> float:
-    progress = min(step / max(total, 1), 1.0)
-    if cfg.schedule == "poly":
-        return (1.0 - progress) ** cfg.poly_power
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
 def _make_optimizer(head: LinearSegHead, cfg: LinearProbeConfig) -> torch.optim.Optimizer:
-    decay = [head.conv.weight]
-    no_decay = [head.conv.bias, *head.norm.parameters()]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = param_groups([head], cfg.weight_decay)  # the conv weight decays; its bias and the BatchNorm do not
+    for group in groups:
+        group.pop("no_decay")
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -224,7 +218,7 @@ def train_linear_head(
         for _ in range(cfg.epochs):
             for index in torch.randperm(count, generator=order).split(cfg.head_batch_size):
                 for group in optimizer.param_groups:
-                    group["lr"] = cfg.lr * _lr_factor(cfg, step, total)
+                    group["lr"] = cfg.lr * decay_factor(step / max(total, 1), cfg.schedule, power=cfg.poly_power)
                 step += 1
                 bar.update(1)
                 target = masks[index].to(device, torch.int64)

@@ -17,17 +17,17 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
 from torch import nn
 
 from densessl.config import OptimConfig
+from densessl.optim_rules import decay_factor, param_groups
 
 __all__ = ["LARS", "param_groups", "build_optimizer", "lr_at", "peak_lr", "detectron2_lr_factor"]
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
 
 
 class LARS(torch.optim.Optimizer):
@@ -89,44 +89,6 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def param_groups(modules: Iterable[nn.Module], weight_decay: float, no_decay: str = "1d",
-                 no_decay_weight_decay: float = 0.0) -> list[dict]:
-    """Split the trainable parameters into a decayed group and a group with ``no_decay_weight_decay``.
-
-    Args:
-        modules: Modules whose parameters are optimized (a parameter shared by several is listed once).
-        weight_decay: Weight decay of the first group.
-        no_decay: Which parameters go into the second group: ``"1d"`` every parameter with ``ndim <= 1`` (biases,
-            normalization weights; VICReg/VICRegL, which also exclude them from LARS adaptation), or ``"norm"`` the
-            parameters of normalization layers (detectron2's ``WEIGHT_DECAY_NORM``).
-        no_decay_weight_decay: Weight decay of the second group.
-
-    Returns:
-        ``[{"params": [...], "weight_decay": ...}, ...]`` with empty groups left out; the second group (if present)
-        has ``"no_decay": True``.
-    """
-    if no_decay not in ("1d", "norm"):
-        raise ValueError(f"no_decay must be '1d' or 'norm', got {no_decay!r}")
-    modules = list(modules)
-    norm_params: set[int] = set()
-    if no_decay == "norm":
-        for module in modules:
-            for sub in module.modules():
-                if isinstance(sub, _NORM_TYPES) or "LayerNorm" in type(sub).__name__:
-                    norm_params.update(id(p) for p in sub.parameters(recurse=False))
-    decay, skip, seen = [], [], set()
-    for module in modules:
-        for param in module.parameters():
-            if not param.requires_grad or id(param) in seen:
-                continue
-            seen.add(id(param))
-            skipped = param.ndim <= 1 if no_decay == "1d" else id(param) in norm_params
-            (skip if skipped else decay).append(param)
-    groups = [{"params": decay, "weight_decay": weight_decay, "no_decay": False},
-              {"params": skip, "weight_decay": no_decay_weight_decay, "no_decay": True}]
-    return [group for group in groups if group["params"]]
-
-
 def build_optimizer(modules: Iterable[nn.Module], cfg: OptimConfig) -> torch.optim.Optimizer:
     """The optimizer named by ``cfg.name`` over ``modules``; the LR is set every step by the loop."""
     groups = param_groups(modules, cfg.weight_decay)
@@ -151,12 +113,10 @@ def peak_lr(cfg: OptimConfig, batch_size: int) -> float:
 def lr_at(step: int, total_steps: int, warmup_steps: int, cfg: OptimConfig, batch_size: int) -> float:
     """Learning rate at optimizer step ``step`` (0-based) of ``total_steps``."""
     peak = peak_lr(cfg, batch_size)
-    end = peak * cfg.end_lr_ratio
     if step < warmup_steps:
         return peak * step / warmup_steps
     decay_steps = max(1, total_steps - warmup_steps)
-    progress = min(step - warmup_steps, decay_steps) / decay_steps
-    return end + (peak - end) * 0.5 * (1 + math.cos(math.pi * progress))
+    return peak * decay_factor(min(step - warmup_steps, decay_steps) / decay_steps, "cosine", end_ratio=cfg.end_lr_ratio)
 
 
 def detectron2_lr_factor(step: int, total: int, *, warmup_iters: int, warmup_factor: float, schedule: str,
@@ -169,7 +129,7 @@ def detectron2_lr_factor(step: int, total: int, *, warmup_iters: int, warmup_fac
     if schedule == "multistep":
         factor = gamma ** sum(step >= s for s in milestones)
     elif schedule == "cosine":
-        factor = min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * step / max(total, 1)))
+        factor = decay_factor(step / max(total, 1), "cosine", end_ratio=min_lr_ratio)
     else:
         raise ValueError(f"schedule must be multistep or cosine, got {schedule!r}")
     if step < warmup_iters:
