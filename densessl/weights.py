@@ -18,7 +18,9 @@ unpickling Python objects (safetensors, or ``torch.load(weights_only=True)``). I
 * densessl training checkpoints (``runs/<run>/checkpoints/last.pt``, ``epoch_*.pt``): the student backbone's
   weights (keys ``backbone.model.*`` of the checkpoint's ``"model"``), architecture and config from the checkpoint;
 * wrapper dicts ``{"state_dict": ...}``, ``{"model": ...}``, ``{"backbone": ...}``, with DDP's ``module.`` prefix
-  removed.
+  removed;
+* checkpoints published by VICRegL, VICReg, DenseCL, PixPro, DINO, iBOT, DINOv2 and ConvNeXt in their own layouts
+  (``densessl.convert``): the backbone is converted to timm's names, the architecture inferred from its shapes.
 
 Anything else fails with one ``ValueError`` naming the file and the cause (``FileNotFoundError`` for a missing file).
 ``load_backbone_weights`` loads a file into a timm model, strictly, skipping only classifier-head keys.
@@ -340,9 +342,15 @@ def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:
                          "expected a file written by torch.save or safetensors)")
     if head.startswith(_ZIP_MAGIC):
         verify_torch_zip(path, "weights file", "export or copy it again")
-    loaded = load_plain(path, "weights file", "export or copy it again")
+    from densessl.convert import allow_checkpoint_args, read_published  # lazy: densessl.convert imports this module
+
+    with allow_checkpoint_args():  # DINO/iBOT checkpoints store their argparse.Namespace
+        loaded = load_plain(path, "weights file", "export or copy it again")
     if _is_training_checkpoint(loaded):
         return _from_checkpoint(path, loaded)
+    published = read_published(path, loaded)  # None unless a published (non-timm) layout
+    if published is not None:
+        return published
     state, source = _unwrap_state_dict(path, loaded)
     arch, config = _sidecar_arch(path)
     origin = JSON_NAME if arch else None

@@ -1,0 +1,768 @@
+"""Converting published self-supervised checkpoints into densessl backbones (timm state dicts).
+
+Each method releases its weights in its own layout: a training checkpoint with wrappers (``model``, ``teacher``,
+``state_dict``), DDP's ``module.`` prefix, heads (projectors, DINO heads), momentum encoders and queues next to the
+backbone, sometimes module names that differ from timm's. ``convert_state_dict`` keeps the backbone, renames it to the
+timm model's names, and checks it against ``timm.create_model(arch, pretrained=False, num_classes=0)``; everything it
+leaves out is listed in the report's ``dropped``. ``convert_file`` does the same for a file and writes the densessl
+export (``backbone.safetensors`` + ``backbone.pt`` + ``backbone.json``, ``densessl.weights.save_backbone``).
+``densessl.weights.read_backbone_weights`` calls ``read_published`` so that a raw published checkpoint works
+anywhere a weights file is accepted (``model.weights=``, ``--weights``), with the architecture inferred from the
+tensor shapes.
+
+The layouts (``FORMATS``; ``detect_format`` tells them apart), with the official code the key names come from:
+
+=========  ==========================================================================================================
+vicregl    facebookresearch/VICRegL ``main_vicregl.py``/``utils.checkpoint``: ``{"epoch", "model", "optimizer"}``,
+           ``model`` from the DDP-wrapped ``VICRegL`` module: ``module.backbone.*`` + ``module.projector.*``,
+           ``module.maps_projector.*``, ``module.classifier.*``. The hub files (``resnet50_alpha0.9.pth``, ...,
+           ``hubconf.py``) are the bare backbone: ``resnet.py`` uses torchvision's names (= timm's ``resnet50``);
+           ``convnext.py`` uses the official ConvNeXt names (``downsample_layers``, ``stages.S.B.dwconv``,
+           ``pwconv1/2``, final ``norm``) and is trained without layer scale (``--layer-scale-init-value 0``).
+vicreg     facebookresearch/vicreg ``main_vicreg.py``: ``{"epoch", "model", "optimizer"}`` with
+           ``module.backbone.*`` + ``module.projector.*``; the hub ``resnet50.pth`` is torchvision-named ("timm").
+densecl    WXinlong/DenseCL (OpenSelfSup, ``openselfsup/models/densecl.py``): ``{"meta", "state_dict", ...}`` with
+           ``backbone.*`` (= ``encoder_q.0.*``, the online ResNet), ``encoder_q.1.*`` (neck), ``encoder_k.*``
+           (momentum encoder), ``queue``/``queue2`` buffers. The released backbone files are written by
+           ``tools/extract_backbone_weights.py``: ``{"state_dict": <torchvision names>, "author": "DenseCL"}``.
+pixpro     zdaxie/PixPro ``main_pretrain.py`` + ``publish_model.py``: ``{"model": ...}`` from the DDP-wrapped
+           ``PixPro`` module: ``module.encoder.*`` (online ResNet, ``contrast/resnet.py``: torchvision names),
+           ``module.encoder_k.*`` (momentum), ``module.projector(_k).*``, ``module.value_transform.*``, and with
+           the instance branch ``module.projector_instance(_k).*``, ``module.predictor.*``.
+dino       facebookresearch/dino ``main_dino.py``: ``{"student", "teacher", "optimizer", "epoch", "args",
+           "dino_loss", ...}``; ``student`` is DDP-wrapped (``module.backbone.*``, ``module.head.*``), ``teacher``
+           is not unless the backbone has BatchNorm (``backbone.*``, ``head.*``). ``vision_transformer.py`` uses
+           timm's ViT names; the hub backbone files are timm-named already ("timm"). The teacher is converted.
+ibot       bytedance/ibot ``main_ibot.py``: as dino, with ``ibot_loss``, an ``iBOTHead`` (``head.last_layer2``)
+           and the student's ``backbone.masked_embed``; ``extract_backbone_weights.py`` writes
+           ``{"state_dict": <backbone>}`` (timm names; "ibot" when it holds ``masked_embed``). Layer scale
+           ``gamma_1/2`` becomes timm's ``ls1/2.gamma`` (timm's ``adapt_layer_scale``).
+dinov2     facebookresearch/dinov2: hub backbones (``dinov2_vits14_pretrain.pth``, ...) use timm-like names plus
+           ``mask_token``, ``register_tokens`` (``_reg4``), ``ls1/ls2.gamma``, SwiGLU ``mlp.w12/w3`` (giant) and
+           ``blocks.C.I.*`` when trained with ``block_chunks``; ``train.py`` writes ``teacher_checkpoint.pth``
+           ``{"teacher": backbone.*, dino_head.*, ibot_head.*}`` and FSDP checkpoints ``{"model":
+           student.backbone.*, teacher.backbone.*, ...}``. timm's own converter (its ViT
+           ``checkpoint_filter_fn``) renames, folds the registers and resamples ``pos_embed`` (37x37 at 518 px)
+           to the arch's grid.
+convnext   facebookresearch/ConvNeXt releases ``{"model": <official names> + head.weight/bias}``.
+timm       Already timm's names (timm/torchvision ResNets, the DINO/iBOT/VICReg(L) ResNet and ViT backbone files,
+           densessl exports), possibly under a wrapper, ``module.`` or ``backbone.``.
+=========  ==========================================================================================================
+
+ConvNeXt and ViT keys are renamed by timm's own ``checkpoint_filter_fn`` (``timm.models.convnext`` and
+``timm.models.vision_transformer``), which handle the official ConvNeXt and DINOv2 layouts. Two documented
+differences remain after a conversion:
+
+* VICRegL's ConvNeXt has no layer scale; timm's ``convnext_*`` has one, set to 1 (``filled``): the same function.
+* VICRegL's ConvNeXt applies its final LayerNorm to every token and averages; timm averages, then applies the same
+  norm (``head.norm``): densessl's pooled vector differs, the dense maps do not (see ``densessl.backbones``).
+
+Not covered: detectron2 ``.pkl`` conversions (numpy arrays in a plain pickle, which densessl does not unpickle),
+Swin backbones (iBOT), and architectures without a timm counterpart (VICReg ResNet-50 x2/x4/x5, ResNet-200 x2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "FORMATS",
+    "ConversionReport",
+    "allow_checkpoint_args",
+    "convert_file",
+    "convert_state_dict",
+    "detect_format",
+    "infer_arch",
+    "read_published",
+]
+
+FORMATS: dict[str, str] = {
+    "vicregl": "VICRegL checkpoint (facebookresearch/VICRegL)",
+    "vicreg": "VICReg checkpoint (facebookresearch/vicreg)",
+    "densecl": "DenseCL checkpoint (WXinlong/DenseCL, OpenSelfSup)",
+    "pixpro": "PixPro checkpoint (zdaxie/PixPro)",
+    "dino": "DINO checkpoint (facebookresearch/dino)",
+    "ibot": "iBOT checkpoint (bytedance/ibot)",
+    "dinov2": "DINOv2 checkpoint (facebookresearch/dinov2)",
+    "convnext": "official ConvNeXt checkpoint (facebookresearch/ConvNeXt)",
+    "timm": "state dict with timm key names",
+}
+BRANCHES = ("teacher", "student")
+_TEACHER_STUDENT = ("dino", "ibot", "dinov2")  # formats with a teacher and a student network
+
+# Where the backbone sits in each format's state dict (after DDP's "module." is removed), first match wins;
+# "{branch}" is "teacher" or "student". No match: the whole state dict is the backbone (a backbone-only file).
+_BACKBONE_PREFIXES: dict[str, tuple[str, ...]] = {
+    "vicregl": ("backbone.",),
+    "vicreg": ("backbone.",),
+    "densecl": ("backbone.", "encoder_q.0."),
+    "pixpro": ("encoder.",),
+    "dino": ("backbone.",),
+    "ibot": ("backbone.",),
+    "dinov2": ("{branch}.backbone.", "backbone."),
+    "convnext": (),
+    "timm": ("backbone.",),
+}
+_WRAPPERS = ("model", "state_dict", "backbone")  # where checkpoints keep their state dict
+_DDP = "module."
+_MIN_FRACTION = 0.5  # below this share of the arch's tensors matched, the conversion is refused
+
+_FAMILY_NAMES = {"resnet": "ResNet", "convnext": "ConvNeXt", "vit": "ViT"}
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion kept, renamed, left out and filled in.
+
+    Attributes:
+        source_format: The layout converted from (a key of ``FORMATS``).
+        arch: The timm architecture converted to.
+        loaded: How many of the arch's tensors came from the checkpoint.
+        missing: Tensors of the arch the checkpoint did not provide (left at their random init).
+        unexpected: Converted backbone tensors the arch has no place for.
+        dropped: Keys of the checkpoint's state dict that are not part of the backbone (heads, projectors,
+            momentum encoders, queues, mask tokens, classifiers), as named in the checkpoint.
+        filled: Tensors of the arch set to a value that computes what the source computes (VICRegL ConvNeXt's
+            absent layer scale -> 1; BatchNorm ``num_batches_tracked`` absent from old checkpoints -> 0).
+        notes: Other facts worth knowing (which entry of the checkpoint was used, resampled position embeddings).
+    """
+
+    source_format: str
+    arch: str
+    loaded: int
+    missing: list[str]
+    unexpected: list[str]
+    dropped: list[str]
+    filled: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        """Every tensor of the arch came from (or was filled for) the checkpoint, and nothing is left over."""
+        return not self.missing and not self.unexpected
+
+    def summary(self) -> str:
+        """A few lines for people: counts, the dropped keys grouped by module, what was filled, notes."""
+        source = FORMATS.get(self.source_format, self.source_format)
+        lines = [(f"{source} -> {self.arch}: {self.loaded} tensors loaded, {len(self.missing)} missing, "
+                  f"{len(self.unexpected)} unexpected, {len(self.dropped)} dropped, {len(self.filled)} filled")]
+        if self.missing:
+            lines.append(f"missing (random init): {_first(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected (not in {self.arch}): {_first(self.unexpected)}")
+        if self.dropped:
+            lines.append(f"dropped (not the backbone): {_grouped(self.dropped)}")
+        if self.filled:
+            counts = Counter(re.sub(r"\.\d+\.", ".N.", k) for k in self.filled)
+            lines.append("filled: " + ", ".join(f"{pattern} ({n})" for pattern, n in counts.items()))
+        lines.extend(f"note: {note}" for note in self.notes)
+        return "\n".join(lines)
+
+
+def _first(keys: list[str], count: int = 6) -> str:
+    return ", ".join(keys[:count]) + (f", ... ({len(keys)} in all)" if len(keys) > count else "")
+
+
+def _group_of(key: str) -> str:
+    """``module.projector.0.weight`` -> ``module.projector.*``; ``queue`` -> ``queue``."""
+    parts = key.split(".")
+    depth = 2 if parts[0] in ("module", "student", "teacher") and len(parts) > 2 else 1
+    return ".".join(parts[:depth]) + (".*" if len(parts) > depth else "")
+
+
+def _grouped(keys: list[str]) -> str:
+    counts = Counter(_group_of(k) for k in keys)
+    return ", ".join(f"{group} ({n})" for group, n in counts.items())
+
+
+# --------------------------------------------------------------------------- #
+# Reading the layout
+# --------------------------------------------------------------------------- #
+
+
+def _is_tensor_dict(value: Any) -> bool:
+    return (isinstance(value, dict) and bool(value)
+            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items()))
+
+
+def _describe_keys(keys: list[str], count: int = 8) -> str:
+    return "[" + ", ".join(repr(k) for k in keys[:count]) + (", ...]" if len(keys) > count else "]")
+
+
+def _entry_order(source_format: str | None, branch: str | None) -> list[str]:
+    order = [branch] if branch else []
+    if source_format in _TEACHER_STUDENT or source_format is None:
+        order += ["teacher", "student"]
+    return [*order, *_WRAPPERS, "teacher", "student"]
+
+
+def _select_entry(state: Any, source_format: str | None, branch: str | None) -> tuple[dict[str, Tensor], str | None]:
+    """The state dict inside a checkpoint object, and the name of the entry it came from (``None``: the object)."""
+    if _is_tensor_dict(state):
+        return state, None
+    if isinstance(state, dict):
+        for name in _entry_order(source_format, branch):
+            if _is_tensor_dict(state.get(name)):
+                return state[name], name
+    raise ValueError(_no_state_dict_message(state))
+
+
+def _no_state_dict_message(state: Any) -> str:
+    if not isinstance(state, dict):
+        return f"the checkpoint holds a {type(state).__name__}, not a state dict (parameter name -> tensor)"
+    entries = ", ".join(f"{k!r} ({type(v).__name__})" for k, v in list(state.items())[:8])
+    return (f"found no state dict of tensors in the checkpoint: it is a dict of {entries}; expected parameter name "
+            f"-> tensor, or one under {', '.join(repr(w) for w in ('teacher', 'student', *_WRAPPERS))}")
+
+
+def _strip_ddp(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Remove DDP's ``module.`` prefix; returns the state and new name -> name in the checkpoint."""
+    out: dict[str, Tensor] = {}
+    original: dict[str, str] = {}
+    for key, value in state.items():
+        new = key.removeprefix(_DDP)
+        out[new] = value
+        original[new] = key
+    return out, original
+
+
+def _family(keys: set[str] | dict[str, Any]) -> str | None:
+    """``"resnet"``, ``"convnext"`` (official names: ``"convnext_official"``) or ``"vit"`` from a backbone's keys."""
+    if "downsample_layers.0.0.weight" in keys:
+        return "convnext_official"
+    if "stem.0.weight" in keys and any(k.startswith("stages.0.blocks.") for k in keys):
+        return "convnext"
+    if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "vit"
+    if "layer1.0.conv1.weight" in keys:
+        return "resnet"
+    return None
+
+
+def _is_dinov2_backbone(keys: set[str] | dict[str, Any]) -> bool:
+    return ("mask_token" in keys or "register_tokens" in keys
+            or any(re.match(r"blocks\.\d+\.(\d+\.norm1|mlp\.w12)\.", k) for k in keys))
+
+
+def detect_format(state: Any) -> str:
+    """The layout of a loaded checkpoint: a key of ``FORMATS``, or ``"unknown"``.
+
+    Layouts that are already timm's (torchvision/timm ResNets, DINO/iBOT ViT backbone files, the VICReg and
+    VICRegL ResNet backbone files, which hold exactly torchvision's names) are ``"timm"``: their keys do not say
+    which method trained them. Pass the format to ``convert_state_dict`` to have it named in the report.
+
+    Args:
+        state: What ``torch.load`` returned for the checkpoint (any object).
+    """
+    if not isinstance(state, dict) or not state:
+        return "unknown"
+    try:
+        tensors, entry = _select_entry(state, None, None)
+    except ValueError:
+        return "unknown"
+    keys, _ = _strip_ddp(tensors)
+    tops = {k.split(".", 1)[0] for k in keys}
+    if any(k.startswith(("teacher.backbone.", "student.backbone.")) for k in keys) or tops & {"dino_head",
+                                                                                           "ibot_head"}:
+        return "dinov2"
+    backbone = {k[len("backbone."):] for k in keys if k.startswith("backbone.")} or set(keys)
+    if "ibot_loss" in state or "masked_embed" in backbone or any(k.startswith("head.last_layer2") for k in keys):
+        return "ibot"
+    if "dino_loss" in state or entry in BRANCHES:  # teacher/student checkpoints: the DINO family
+        return "dinov2" if _is_dinov2_backbone(backbone) else "dino"
+    if {"encoder", "encoder_k"} <= tops:
+        return "pixpro"
+    if tops & {"encoder_q", "encoder_k", "queue2"} or state.get("author") == "DenseCL":
+        return "densecl"
+    if "backbone" in tops and tops & {"maps_projector", "classifier"}:
+        return "vicregl"
+    if "backbone" in tops and "projector" in tops:
+        return "vicreg"
+    family = _family(backbone)
+    if family == "convnext_official":
+        # VICRegL trains ConvNeXt without layer scale and keeps no classifier; the official releases have both.
+        official = "head.weight" in backbone or any(k.endswith(".gamma") for k in backbone)
+        return "convnext" if official else "vicregl"
+    if family == "vit" and _is_dinov2_backbone(backbone):
+        return "dinov2"
+    return "timm" if family is not None else "unknown"
+
+
+@dataclass
+class _Backbone:
+    """The backbone part of a checkpoint, in the source's own names."""
+
+    tensors: dict[str, Tensor]
+    family: str | None
+    dropped: list[str]
+    notes: list[str]
+
+
+def _extract(state: Any, source_format: str, branch: str | None) -> _Backbone:
+    tensors, entry = _select_entry(state, source_format, branch)
+    notes = []
+    if entry is not None:
+        others = [k for k in state if k != entry]
+        notes.append(f"used the checkpoint's {entry!r} entry" + (f" (ignored: {', '.join(map(str, others))})"
+                                                                 if others else ""))
+    stripped, original = _strip_ddp(tensors)
+    chosen = branch or ("teacher" if entry != "student" else "student")
+    prefixes = [p.format(branch=chosen) for p in _BACKBONE_PREFIXES[source_format]]
+    prefix = next((p for p in prefixes if any(k.startswith(p) for k in stripped)), "")
+    backbone = {k[len(prefix):]: v for k, v in stripped.items() if k.startswith(prefix)}
+    dropped = [original[k] for k in stripped if not k.startswith(prefix)]
+    if prefix:
+        notes.append(f"backbone taken from the '{prefix}*' keys")
+    return _Backbone(backbone, _family(backbone), dropped, notes)
+
+
+# --------------------------------------------------------------------------- #
+# Inferring the architecture from tensor shapes
+# --------------------------------------------------------------------------- #
+
+_RESNETS = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34", (True, (3, 4, 6, 3)): "resnet50",
+            (True, (3, 4, 23, 3)): "resnet101", (True, (3, 8, 36, 3)): "resnet152"}
+_CONVNEXTS = {((2, 2, 6, 2), 40): "convnext_atto", ((2, 2, 6, 2), 48): "convnext_femto",
+              ((2, 2, 6, 2), 64): "convnext_pico", ((2, 2, 8, 2), 80): "convnext_nano",
+              ((3, 3, 9, 3), 96): "convnext_tiny", ((3, 3, 27, 3), 96): "convnext_small",
+              ((3, 3, 27, 3), 128): "convnext_base", ((3, 3, 27, 3), 192): "convnext_large",
+              ((3, 3, 27, 3), 256): "convnext_xlarge"}
+_VIT_SIZES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1536, 40): "giant"}
+
+
+def _count(keys: Any, pattern: str) -> int:
+    return len({m.group(1) for k in keys if (m := re.match(pattern, k))})
+
+
+def _unchunk(key: str) -> str:
+    """DINOv2's ``block_chunks`` layout ``blocks.C.I.*`` (I counts from the first block) -> ``blocks.I.*``."""
+    return re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key)
+
+
+def _infer_from_backbone(backbone: dict[str, Tensor], family: str | None) -> str | None:
+    import timm
+
+    name = None
+    if family == "resnet" and "conv1.weight" in backbone:
+        bottleneck = "layer1.0.conv3.weight" in backbone
+        depths = tuple(_count(backbone, rf"layer{n}\.(\d+)\.conv1\.weight") for n in range(1, 5))
+        standard = backbone["conv1.weight"].shape[0] == 64 and backbone["layer1.0.conv1.weight"].shape[0] == 64
+        name = _RESNETS.get((bottleneck, depths)) if standard else None
+        if bottleneck and depths == (3, 4, 6, 3) and backbone["conv1.weight"].shape[0] == 64 \
+                and backbone["layer1.0.conv1.weight"].shape[0] == 128:
+            name = "wide_resnet50_2"
+    elif family in ("convnext", "convnext_official"):
+        official = family == "convnext_official"
+        block = r"stages\.{}\.(\d+)\.dwconv\.weight" if official else r"stages\.{}\.blocks\.(\d+)\.conv_dw\.weight"
+        depths = tuple(_count(backbone, block.format(s)) for s in range(4))
+        stem = backbone["downsample_layers.0.0.weight" if official else "stem.0.weight"]
+        name = _CONVNEXTS.get((depths, int(stem.shape[0])))
+    elif family == "vit":
+        keys = [_unchunk(k) for k in backbone]
+        proj = backbone["patch_embed.proj.weight"]
+        dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+        size = _VIT_SIZES.get((dim, _count(keys, r"blocks\.(\d+)\.")))
+        if size is not None and _is_dinov2_backbone(backbone):
+            registers = int(backbone["register_tokens"].shape[1]) if "register_tokens" in backbone else 0
+            name = f"vit_{size}_patch{patch}_{f'reg{registers}_' if registers else ''}dinov2"
+        elif size is not None and "pos_embed" in backbone:
+            grid = math.isqrt(int(backbone["pos_embed"].shape[1]) - 1)
+            name = f"vit_{size}_patch{patch}_{grid * patch}"
+    return name if name is not None and timm.is_model(name) else None
+
+
+def infer_arch(state: Any, source_format: str | None = None, branch: str | None = None) -> str | None:
+    """The timm architecture a checkpoint's backbone fits, from its tensor shapes; ``None`` when unsure.
+
+    Knows the standard ResNets (18-152, wide_resnet50_2), ConvNeXts (atto-xlarge) and ViTs (tiny/small/base/large/
+    giant; ``*_dinov2`` and ``*_reg4_dinov2`` for DINOv2, otherwise the patch size and the grid of ``pos_embed``).
+    """
+    source_format = source_format or detect_format(state)
+    if source_format not in FORMATS:
+        return None
+    try:
+        backbone = _extract(state, source_format, branch)
+    except ValueError:
+        return None
+    return _infer_from_backbone(backbone.tensors, backbone.family)
+
+
+# --------------------------------------------------------------------------- #
+# Renaming to timm
+# --------------------------------------------------------------------------- #
+
+
+def _model_family(model: nn.Module) -> str | None:
+    if hasattr(model, "patch_embed") and hasattr(model, "blocks"):
+        return "vit"
+    if type(model).__name__ == "ConvNeXt" and hasattr(model, "stem"):
+        return "convnext"
+    if hasattr(model, "conv1") and hasattr(model, "layer1"):
+        return "resnet"
+    return None
+
+
+@dataclass
+class _Renamed:
+    state: dict[str, Tensor]
+    dropped: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _split_off(state: dict[str, Tensor], prefixes: tuple[str, ...]) -> tuple[dict[str, Tensor], list[str]]:
+    kept = {k: v for k, v in state.items() if not k.startswith(prefixes)}
+    return kept, [k for k in state if k.startswith(prefixes)]
+
+
+def _rename_resnet(backbone: dict[str, Tensor]) -> _Renamed:
+    # torchvision's ResNet names are timm's (VICReg(L) resnet.py, PixPro contrast/resnet.py, OpenSelfSup's ResNet).
+    kept, dropped = _split_off(backbone, ("fc.",))
+    return _Renamed(kept, dropped)
+
+
+def _rename_convnext(backbone: dict[str, Tensor], official: bool, model: nn.Module) -> _Renamed:
+    from timm.models.convnext import checkpoint_filter_fn
+
+    if not official:
+        kept, dropped = _split_off(backbone, ("head.fc.",))
+        return _Renamed(kept, dropped)
+    kept, dropped = _split_off(backbone, ("head.",))  # the official classifier: head.weight, head.bias
+    try:
+        state = checkpoint_filter_fn(dict(kept), model)
+    except (KeyError, RuntimeError) as error:  # a 2-D tensor with no counterpart in the model, or a bad reshape
+        raise _NoFit(f"timm's ConvNeXt converter failed on it ({type(error).__name__}: {error})") from None
+    return _Renamed(state, dropped)
+
+
+def _rename_vit(backbone: dict[str, Tensor], model: nn.Module) -> _Renamed:
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    state = {_unchunk(k): v for k, v in backbone.items()}
+    notes = ["DINOv2 block chunks 'blocks.C.I.*' renamed to 'blocks.I.*'"] if list(state) != list(backbone) else []
+    dropped = [k for k in ("mask_token", "masked_embed") if k in state]  # masked-image-modeling inputs
+    state.pop("masked_embed", None)  # timm's filter drops mask_token itself (and keys DINOv2 handling on it)
+    if "head.weight" in state:
+        state, classifier = _split_off(state, ("head.",))
+        dropped += classifier
+    proj = state.get("patch_embed.proj.weight")
+    want = tuple(model.patch_embed.proj.weight.shape[-2:])
+    if proj is not None and proj.dim() == 4 and tuple(proj.shape[-2:]) != want:
+        raise _NoFit(f"its patch size is {tuple(proj.shape[-2:])}, the arch's is {want}")
+    pos = state.get("pos_embed")
+    converted = checkpoint_filter_fn(dict(state), model, adapt_layer_scale=True)
+    new_pos = converted.get("pos_embed")
+    if pos is not None and new_pos is not None and new_pos.shape != pos.shape and "register_tokens" not in state:
+        notes.append(f"pos_embed resampled from {tuple(pos.shape)} to {tuple(new_pos.shape)} (bicubic, timm's "
+                     "resample_abs_pos_embed) to fit the arch's patch grid")
+    if "register_tokens" in state:
+        notes.append("DINOv2 register tokens -> reg_token; the class token's position embedding folded into "
+                     "cls_token (timm's no_embed_class layout)")
+    return _Renamed(converted, dropped, notes)
+
+
+class _NoFit(Exception):
+    """The checkpoint's backbone does not fit the arch (turned into a ValueError with the context)."""
+
+
+def _fill_values(model_state: dict[str, Tensor], converted: dict[str, Tensor],
+                 family: str | None) -> dict[str, Tensor]:
+    """Tensors of the arch that the source does not have but whose value is known (see ``ConversionReport.filled``)."""
+    filled: dict[str, Tensor] = {}
+    no_layer_scale = family == "convnext_official" and not any(k.endswith(".gamma") for k in converted)
+    for key, value in model_state.items():
+        if key in converted:
+            continue
+        if key.endswith(".num_batches_tracked"):
+            filled[key] = torch.zeros_like(value)
+        elif (no_layer_scale and re.fullmatch(r"stages\.\d+\.blocks\.\d+\.gamma", key)
+              and key.replace(".gamma", ".conv_dw.weight") in converted):
+            filled[key] = torch.ones_like(value)
+    return filled
+
+
+def _build_model(arch: str | nn.Module) -> tuple[nn.Module, str]:
+    if isinstance(arch, nn.Module):
+        cfg = getattr(arch, "pretrained_cfg", None)
+        name = cfg.get("architecture") if isinstance(cfg, dict) else None
+        return arch, name if isinstance(name, str) else type(arch).__name__
+    import timm
+
+    if not isinstance(arch, str) or not arch:
+        raise ValueError(f"arch must be a timm model name (e.g. resnet50), got {arch!r}")
+    if not timm.is_model(arch):
+        from densessl.backbones import _unknown_arch_message
+
+        raise ValueError(_unknown_arch_message(arch))
+    return timm.create_model(arch, pretrained=False, num_classes=0), arch
+
+
+def _convert(state: Any, arch: str | nn.Module, source_format: str | None,
+             branch: str | None) -> tuple[nn.Module, dict[str, Tensor], ConversionReport]:
+    detected = detect_format(state)
+    if source_format is None:
+        source_format = detected
+    if source_format not in FORMATS:
+        if source_format == "unknown":
+            keys = _keys_of(state)
+            raise ValueError("unknown checkpoint layout: not one of " + ", ".join(FORMATS)
+                             + f" (keys {_describe_keys(keys)}); pass the format if you know it, or convert the "
+                             "state dict to timm's names yourself")
+        raise ValueError(f"unknown source format {source_format!r}; choose one of {', '.join(FORMATS)}")
+    if branch is not None and branch not in BRANCHES:
+        raise ValueError(f"branch must be 'teacher' or 'student', got {branch!r}")
+    model, arch_name = _build_model(arch)
+    where = f"{FORMATS[source_format]} (detected: {detected})" if detected != source_format else \
+        FORMATS[source_format]
+    backbone = _extract(state, source_format, branch)
+    first = _describe_keys(list(backbone.tensors) or _keys_of(state))
+    if not backbone.tensors:
+        raise ValueError(f"{where}: no backbone tensors found (keys {_describe_keys(_keys_of(state))})")
+    family = backbone.family
+    want = _model_family(model)
+    if family is None:
+        raise ValueError(f"{where}: the backbone keys are not a ResNet, ConvNeXt or ViT in any layout densessl "
+                         f"knows (first keys {first}); check the format (detect_format says {detected!r})")
+    have = "convnext" if family == "convnext_official" else family
+    guess = _infer_from_backbone(backbone.tensors, family)
+    hint = f" (the checkpoint fits {guess})" if guess else ""
+    if want is not None and want != have:
+        raise ValueError(f"{where} holds a {_FAMILY_NAMES[have]} backbone but {arch_name} is a "
+                         f"{_FAMILY_NAMES[want]}; pass a {_FAMILY_NAMES[have]} arch{hint}")
+    model_state = model.state_dict()
+    try:
+        if have == "resnet":
+            renamed = _rename_resnet(backbone.tensors)
+        elif have == "convnext":
+            renamed = _rename_convnext(backbone.tensors, family == "convnext_official", model)
+        else:
+            renamed = _rename_vit(backbone.tensors, model)
+    except _NoFit as error:
+        raise ValueError(f"{where} does not fit {arch_name}: {error}{hint}") from None
+    converted = renamed.state
+    mismatched = [f"{k}: checkpoint {tuple(converted[k].shape)} vs {arch_name} {tuple(model_state[k].shape)}"
+                  for k in converted if k in model_state and converted[k].shape != model_state[k].shape]
+    loaded = [k for k in converted if k in model_state]
+    if mismatched:
+        raise ValueError(f"{where} does not fit {arch_name}{hint}: {len(mismatched)} tensors have other shapes "
+                         f"({'; '.join(mismatched[:4])})")
+    if len(loaded) < _MIN_FRACTION * len(model_state):
+        absent = _describe_keys([k for k in model_state if k not in converted])
+        extra = _describe_keys([k for k in converted if k not in model_state])
+        raise ValueError(f"{where} does not fit {arch_name}{hint}: only {len(loaded)} of its {len(model_state)} "
+                         f"tensors matched; the checkpoint lacks {absent} and has {extra} that {arch_name} lacks")
+    filled = _fill_values(model_state, converted, family)
+    result = {k: converted[k] for k in loaded} | filled
+    model.load_state_dict(result, strict=False)
+    notes = backbone.notes + renamed.notes
+    if family == "convnext_official" and any(k.endswith(".gamma") for k in filled):
+        notes.append("the source ConvNeXt has no layer scale (VICRegL trains with layer_scale_init_value=0): "
+                     "timm's gammas set to 1, which computes the same function")
+    if family == "convnext_official" and "head.norm.weight" in loaded:
+        notes.append("the official final 'norm' is timm's 'head.norm': timm applies it after pooling, the official "
+                     "ConvNeXt before (same weights; see densessl.backbones)")
+    report = ConversionReport(
+        source_format=source_format,
+        arch=arch_name,
+        loaded=len(loaded),
+        missing=[k for k in model_state if k not in result],
+        unexpected=[k for k in converted if k not in model_state],
+        dropped=backbone.dropped + renamed.dropped,
+        filled=list(filled),
+        notes=notes,
+    )
+    return model, result, report
+
+
+def _keys_of(state: Any) -> list[str]:
+    if isinstance(state, dict):
+        try:
+            tensors, _ = _select_entry(state, None, None)
+            return list(tensors)
+        except ValueError:
+            return [str(k) for k in state]
+    return []
+
+
+def convert_state_dict(state: Any, arch: str | nn.Module, source_format: str | None = None, *,
+                       branch: str | None = None) -> tuple[dict[str, Tensor], ConversionReport]:
+    """Convert a published checkpoint's backbone into the state dict of a timm model.
+
+    Args:
+        state: The loaded checkpoint (``torch.load``'s result): a state dict, or a checkpoint dict holding one.
+        arch: The timm architecture (``timm.create_model(arch, pretrained=False, num_classes=0)`` is built to check
+            the result), or such a model itself.
+        source_format: The layout (a key of ``FORMATS``); ``None`` detects it (``detect_format``).
+        branch: For teacher/student checkpoints (DINO, iBOT, DINOv2): ``"teacher"`` (default) or ``"student"``.
+
+    Returns:
+        The converted tensors (timm names; the arch's tensors that the checkpoint provided or that were filled) and
+        the report. Load with ``model.load_state_dict(state, strict=not report.missing)``.
+
+    Raises:
+        ValueError: Unknown layout or format, a backbone of another family than the arch, tensors of other shapes,
+            or less than half of the arch's tensors matched (the message names the detected format, the keys, and
+            the architecture the checkpoint fits when it can tell).
+    """
+    _, result, report = _convert(state, arch, source_format, branch)
+    return result, report
+
+
+# --------------------------------------------------------------------------- #
+# Files
+# --------------------------------------------------------------------------- #
+
+
+@contextlib.contextmanager
+def allow_checkpoint_args() -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` rebuild ``argparse.Namespace``: DINO and iBOT store their ``args``.
+
+    A Namespace only holds attributes; its values are still limited to plain types and tensors.
+    """
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch 2.4: only the process-wide allowlist
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        yield
+        return
+    with safe_globals([argparse.Namespace]):
+        yield
+
+
+def _load(path: Path) -> Any:
+    from densessl.safe_load import load_plain, verify_torch_zip
+    from densessl.weights import _PICKLE_MAGIC, _ZIP_MAGIC, _is_safetensors
+
+    if path.is_dir():
+        raise ValueError(f"checkpoint path {str(path)!r} is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {str(path)!r}")
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if size == 0:
+        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes)")
+    if _is_safetensors(head, size):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+            raise ValueError(f"checkpoint {str(path)!r} is a damaged or truncated safetensors file "
+                             f"({error})") from None
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise ValueError(f"{str(path)!r} is not a torch or safetensors file (it starts with bytes {head!r})")
+    if head.startswith(_ZIP_MAGIC):
+        verify_torch_zip(path, "checkpoint", "download or copy it again")
+    with allow_checkpoint_args():
+        return load_plain(path, "checkpoint", "download or copy it again")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_file(path: str | os.PathLike, arch: str | None = None, source_format: str | None = None,
+                 out: str | os.PathLike | None = None, *, branch: str | None = None,
+                 allow_partial: bool = False) -> ConversionReport:
+    """Convert a published checkpoint file; with ``out``, write the densessl export there.
+
+    The file is read without unpickling Python objects (``densessl.safe_load.load_plain``, ``weights_only=True``;
+    ``argparse.Namespace`` is allowed for DINO/iBOT's ``args``), or as safetensors.
+
+    Args:
+        path: The checkpoint file.
+        arch: The timm architecture; ``None`` infers it from the tensor shapes (``infer_arch``).
+        source_format: The layout (a key of ``FORMATS``); ``None`` detects it.
+        out: Folder for ``backbone.safetensors``, ``backbone.pt`` and ``backbone.json``
+            (``densessl.weights.save_backbone``; the stored config records the source file, its SHA-256, the
+            format and the report's counts). ``None``: convert and check only.
+        branch: ``"teacher"`` (default) or ``"student"`` for DINO, iBOT and DINOv2 checkpoints.
+        allow_partial: Accept (and write) a conversion with missing or unexpected tensors.
+
+    Returns:
+        The report.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file cannot be read, the layout is unknown, the architecture cannot be inferred, the
+            backbone does not fit, or (without ``allow_partial``) tensors are missing or unexpected.
+        densessl.atomic.DiskFullError: No space left while writing.
+    """
+    path = Path(path)
+    if source_format is not None and source_format not in FORMATS:
+        raise ValueError(f"unknown source format {source_format!r}; choose one of {', '.join(FORMATS)}")
+    state = _load(path)
+    if arch is None:
+        arch = infer_arch(state, source_format, branch)
+        if arch is None:
+            layout = FORMATS.get(source_format or detect_format(state), "unknown layout")
+            raise ValueError(f"cannot infer the architecture of {str(path)!r} ({layout}) from its tensor shapes; "
+                             "pass the timm model name (--arch)")
+    try:
+        model, _, report = _convert(state, arch, source_format, branch)
+    except ValueError as error:
+        raise ValueError(f"{str(path)!r}: {error}") from None
+    if not report.complete and not allow_partial:
+        raise ValueError(f"{str(path)!r} converts only partly to {report.arch}: {len(report.missing)} missing "
+                         f"{report.missing[:5]}, {len(report.unexpected)} unexpected {report.unexpected[:5]}; check "
+                         "the arch, or allow a partial conversion (--allow-partial)")
+    if out is not None:
+        from densessl.weights import save_backbone
+
+        provenance = {"converted_from": {"file": path.name, "sha256": _sha256(path), "format": report.source_format,
+                                         "branch": branch, "loaded": report.loaded, "missing": report.missing,
+                                         "unexpected": report.unexpected, "dropped": len(report.dropped),
+                                         "filled": report.filled}}
+        save_backbone(model, out, report.arch, provenance)
+    return report
+
+
+def read_published(path: Path, loaded: Any) -> Any:
+    """``densessl.weights.read_backbone_weights``'s hook: a published checkpoint, converted; ``None`` for others.
+
+    Files already in timm's names (``detect_format`` gives ``"timm"``) and unknown layouts return ``None``: the
+    caller reads them as before. Others are converted to the architecture their tensor shapes fit.
+
+    Returns:
+        A ``densessl.weights.BackboneWeights`` (arch inferred, ``arch_origin`` saying so), or ``None``.
+
+    Raises:
+        ValueError: A published layout whose architecture cannot be inferred or that does not convert completely.
+    """
+    from densessl.weights import BackboneWeights
+
+    fmt = detect_format(loaded)
+    if fmt in ("timm", "unknown"):
+        return None
+    where = f"weights file {str(path)!r} ({FORMATS[fmt]})"
+    fix = (f"convert it with densessl-convert (python -m densessl.cli.convert) {str(path)!r} --arch NAME --out DIR "
+           "and use DIR/backbone.safetensors")
+    arch = infer_arch(loaded, fmt)
+    if arch is None:
+        raise ValueError(f"{where}: cannot infer the architecture from its tensor shapes; {fix}")
+    try:
+        _, state, report = _convert(loaded, arch, fmt, None)
+    except ValueError as error:
+        raise ValueError(f"weights file {str(path)!r}: {error}; {fix}") from None
+    if not report.complete:
+        raise ValueError(f"{where} converts only partly to {arch} ({len(report.missing)} missing, "
+                         f"{len(report.unexpected)} unexpected tensors); {fix}")
+    source = f"{FORMATS[fmt]}, converted ({report.loaded} tensors; {len(report.dropped)} non-backbone dropped)"
+    return BackboneWeights(state, arch, None, source, path, "inferred from the checkpoint's tensor shapes")
