@@ -151,6 +151,13 @@ class DenseBackbone(nn.Module):
         """
         if images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+        patch = getattr(getattr(self.model, "patch_embed", None), "patch_size", None)
+        if self.is_vit and patch is not None:
+            patch_h, patch_w = (patch, patch) if isinstance(patch, int) else patch
+            if images.shape[-2] % patch_h or images.shape[-1] % patch_w:
+                raise ValueError(f"{self.arch} cuts images into {patch_h}x{patch_w} patches, but the input is "
+                                 f"{images.shape[-2]}x{images.shape[-1]}; use an input size that is a multiple of "
+                                 f"{patch_h} (e.g. --input-size {max(patch_h, images.shape[-2] // patch_h * patch_h)})")
         final, maps = self.model.forward_intermediates(images, indices=self.levels, norm=self.norm_maps)
         pooled = self.model.forward_head(final, pre_logits=True)
         return DenseFeatures(maps=list(maps), pooled=pooled)

@@ -106,3 +106,9 @@ def test_encode_views_matches_per_view_forward() -> None:
             direct = backbone(views.view(v))
             torch.testing.assert_close(per_view[v].maps[0], direct.maps[0], rtol=1e-4, atol=1e-5)
             torch.testing.assert_close(per_view[v].pooled, direct.pooled, rtol=1e-4, atol=1e-5)
+
+
+def test_vit_input_not_a_multiple_of_the_patch_is_a_clear_error() -> None:
+    backbone = DenseBackbone("vit_tiny_patch16_224")
+    with pytest.raises(ValueError, match=r"16x16 patches, but the input is 50x64; .* multiple of 16"):
+        backbone(torch.zeros(1, 3, 50, 64))
