@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PROFILE="${1:-test}"
 case "$PROFILE" in
     demo) EXTRAS="" ; CHECK="import densessl, torch, torchvision, timm, einops, safetensors" ;;
-    test) EXTRAS="[dev]" ; CHECK="import densessl, torch, torchvision, timm, pytest, mmseg, mmengine, matplotlib, pycocotools, faiss, torch.utils.tensorboard" ;;
+    test) EXTRAS="[dev]" ; CHECK="import densessl, torch, torchvision, timm, pytest, xdist, mmseg, mmengine, matplotlib, pycocotools, faiss, torch.utils.tensorboard" ;;
     *) echo "[setup] unknown profile '$PROFILE' (use: demo or test)" >&2; exit 2 ;;
 esac
 PYTHON="${PYTHON:-python3}"
