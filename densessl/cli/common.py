@@ -115,3 +115,25 @@ def training_main(
         return EXIT_OK
 
     return run_tool(body, non_finite)
+
+
+def check_output_path(out: str, option: str = "--out", example: str = "result.json") -> None:
+    """Fail before any compute when a file could not be written to ``out`` (missing parent folders are fine).
+
+    Raises:
+        ValueError: ``out`` is a folder, an unwritable file, or under a file or an unwritable folder.
+    """
+    path = Path(out).absolute()
+    if path.is_dir():
+        raise ValueError(f"{option} {out!r} is a folder; give a file path, e.g. {option} {os.path.join(out, example)}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise ValueError(f"{option} {out!r} exists and is not writable; choose another output path")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent  # the nearest existing folder, where the missing ones would be created
+    if not folder.is_dir():
+        raise ValueError(f"{option} {out!r} cannot be created: {str(folder)!r} is a file, not a folder; choose another "
+                         f"output path")
+    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {out!r} cannot be created: folder {str(folder)!r} is not writable; choose another "
+                         f"output path")

@@ -37,7 +37,6 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the heavy imports (torch) wait until they are needed, so that --help is quick
@@ -199,7 +198,8 @@ def run(cfg: EvalSegConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from densessl.cli.common import print_config
+    from densessl.atomic import atomic_write_text
+    from densessl.cli.common import check_output_path, print_config
     from densessl.config_io import ConfigError
     from densessl.eval.config import REQUIRED, load_eval_seg_config
 
@@ -224,12 +224,12 @@ def main(argv: list[str] | None = None) -> int:
               "key=value)", file=sys.stderr)
         return 2
     try:
+        if cfg.out:
+            check_output_path(cfg.out)  # before minutes of compute
         record = run(cfg)
         if cfg.out:
-            out = Path(cfg.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(record, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-            print(f"wrote {out}")
+            atomic_write_text(cfg.out, json.dumps(record, indent=2, allow_nan=False) + "\n")
+            print(f"wrote {cfg.out}")
     except (OSError, ValueError) as error:
         message = " ".join(str(error).split())
         print(f"eval_seg.py: error: {message}", file=sys.stderr)

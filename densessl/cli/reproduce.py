@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     from densessl.atomic import DiskFullError, atomic_write_json
-    from densessl.cli.common import print_config, setup_logging
+    from densessl.cli.common import check_output_path, print_config, setup_logging
     from densessl.config_io import ConfigError
     from densessl.data.images import ImageLoadError
     from densessl.protocols import apply_overrides, apply_smoke, load_card, resolve_card_path
@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.smoke and not args.data_root:
             raise _UsageError(f"--data-root is required: the {card.dataset.name} folder the card's protocol reads "
                               "(--smoke runs on the embedded synthetic data instead)")
+        if args.out:
+            check_output_path(args.out)  # before the run
         changes = _protocol_changes(base, apply_overrides(base, args.overrides))
         record = reproduce(card, args, card_file=card_file, protocol_changes=changes)
         if record is None:
@@ -335,10 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 and record:
             print(format_report(record))
             if args.out:
-                out = Path(args.out)
-                out.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(out, record)
-                print(f"wrote {out}")
+                atomic_write_json(args.out, record)
+                print(f"wrote {args.out}")
     except ConfigError as error:
         print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
         return EXIT_USAGE

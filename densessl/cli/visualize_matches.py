@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn
+
+from densessl.cli.common import check_output_path
 
 
 class _Parser(argparse.ArgumentParser):
@@ -78,25 +79,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise FileNotFoundError(f"image file not found: {args.image!r}")
     if args.query is not None and not all(0.0 <= v <= 1.0 for v in args.query):
         raise ValueError(f"--query must be normalized (x, y) in [0, 1], got {args.query}")
-    _check_out(args.out)
-
-
-def _check_out(out: str) -> None:
-    """Fail before any compute when the figure could not be written to ``out`` (missing parents are created)."""
-    path = Path(out).absolute()
-    if path.is_dir():
-        raise ValueError(f"--out {out!r} is a folder; give a PNG file path, e.g. --out {os.path.join(out, 'viz.png')}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise ValueError(f"--out {out!r} exists and is not writable; choose another output path")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent  # the nearest existing folder, where the missing ones would be created
-    if not folder.is_dir():
-        raise ValueError(f"--out {out!r} cannot be created: {str(folder)!r} is a file, not a folder; choose another "
-                         f"output path")
-    if not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out!r} cannot be created: folder {str(folder)!r} is not writable; choose another "
-                         f"output path")
+    check_output_path(args.out, example="viz.png")
 
 
 def main(argv: list[str] | None = None) -> int:

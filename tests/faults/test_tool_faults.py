@@ -35,7 +35,7 @@ def _viz(tmp_path: Path, out: str, capsys: pytest.CaptureFixture[str], monkeypat
 def test_viz_out_is_an_existing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     err = _viz(tmp_path, str(tmp_path), capsys, monkeypatch)
-    assert "is a folder; give a PNG file path, e.g. --out " in err and "viz.png" in err
+    assert "is a folder; give a file path, e.g. --out " in err and "viz.png" in err
 
 
 def test_viz_out_under_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str],
@@ -86,3 +86,17 @@ def test_eval_seg_reports_train_and_val_problems_at_once(tmp_path: Path, capsys:
     assert "images without a mask (1): images/train/x.jpg" in err
     assert "and split 'val' of the same folder, 1 problem:" in err
     assert "masks/val/y.png has values [7]" in err
+
+
+@pytest.mark.parametrize("tool", ["eval_seg", "reproduce"])
+def test_json_output_path_is_checked_before_any_compute(tool: str, tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    main = importlib.import_module(f"densessl.cli.{tool}").main
+    args = (["--weights", "random", "--arch", "resnet18", "--dataset", "synthetic", "--protocol", "knn"]
+            if tool == "eval_seg" else ["vicregl_r50_voc_linear", "--weights", "random", "--arch", "resnet18",
+                                        "--smoke"])
+    code = main([*args, "--out", str(tmp_path)])  # a folder
+    err = capsys.readouterr().err
+    assert code == 2 and "is a folder" in err and "Traceback" not in err
