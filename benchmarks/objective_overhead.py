@@ -22,11 +22,17 @@ If VICRegL misses its target (ratio <= 1.10 for ResNet-50) the script profiles o
 ``torch.profiler`` (top ops by self CPU time) and times the expander per view vs on all views at once, to explain
 where the overhead goes.
 
+On a GPU (``--device cuda``, optionally ``--precision bf16``: autocast around the forward passes of the full step)
+the same comparison gives images/s; ``benchmarks/gpu_check.sh`` runs it for ResNet-50 VICRegL at batch 64. Other crop
+geometries (``--global-size``, ``--local-size``, ``--n-local``) rename the configurations accordingly
+(``backbone:2x64+6x32``).
+
 Usage::
 
     .venv/bin/python benchmarks/objective_overhead.py                 # resnet50, batch 8, 3 rounds (5-8 min here)
     .venv/bin/python benchmarks/objective_overhead.py --quick         # resnet50, batch 4, 3 rounds, no profile
     .venv/bin/python benchmarks/objective_overhead.py --archs resnet18 convnext_tiny --batch 8
+    .venv/bin/python benchmarks/objective_overhead.py --device cuda --precision bf16 --batch 64 --objectives vicregl
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from __future__ import annotations
 import argparse
 import gc
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -53,9 +60,10 @@ TARGETS = {("resnet50", "vicregl"): 1.10}  # CPU target from the issue
 LR = 1e-3  # any small value: the timing does not depend on it
 
 
-def make_batch(batch: int, image_size: int, seed: int = 0) -> tuple[Views, Views]:
-    """The multi-crop batch (2 x 224 + 6 x 96) of synthetic scenes, and its two-global-view sub-batch."""
-    multicrop = MultiCrop(MultiCropConfig())
+def make_batch(batch: int, image_size: int, seed: int = 0,
+               crops: MultiCropConfig | None = None) -> tuple[Views, Views]:
+    """The multi-crop batch (default 2 x 224 + 6 x 96) of synthetic scenes, and its two-global-view sub-batch."""
+    multicrop = MultiCrop(crops or MultiCropConfig())
     samples = [multicrop(render_scene(seed + i, (image_size, image_size)).image, torch.Generator().manual_seed(seed + i))
                for i in range(batch)]
     views = collate_views(samples)
@@ -70,16 +78,23 @@ class Stepper:
     ``objective=None`` is the baseline: the backbone alone with the trivial loss ``sum_v mean(pooled_v)``.
     """
 
-    def __init__(self, arch: str, method: str | None, views: Views, device: str | torch.device = "cpu") -> None:
+    def __init__(self, arch: str, method: str | None, views: Views, device: str | torch.device = "cpu",
+                 precision: str = "fp32", heads: dict[str, str] | None = None) -> None:
         torch.manual_seed(0)
         self.views = views.to(device)
+        self.device_type = torch.device(device).type
+        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
         self.backbone = DenseBackbone(arch)
         self.objective = None
         self.teacher = None
         modules: list[torch.nn.Module] = [self.backbone]
         if method is not None:
             cls, config_cls = OBJECTIVES[method]
-            self.objective = cls.from_backbone(self.backbone, config_cls())
+            config = config_cls()
+            for key, value in (heads or {}).items():  # --projector / --local-projector (smoke runs)
+                if hasattr(config, key):
+                    setattr(config, key, value)
+            self.objective = cls.from_backbone(self.backbone, config)
             modules.append(self.objective)
             if getattr(self.objective, "uses_teacher", False):
                 self.teacher = frozen_copy(self.backbone)  # exactly what Pretrainer does
@@ -106,14 +121,30 @@ class Stepper:
             return torch.stack([f.pooled.mean() for f in features]).sum()
         return self.objective(features, self.views, teacher)["loss"]
 
+    def sync(self) -> None:
+        """Wait for the GPU (so the phase times are the work, not the kernel launches)."""
+        if self.device_type == "cuda":
+            torch.cuda.synchronize()
+
+    def autocast(self) -> AbstractContextManager:
+        """Autocast around the forward passes, as ``densessl.train.engine`` does (a no-op in fp32)."""
+        if self.amp_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device_type, dtype=self.amp_dtype)
+
     def step(self) -> None:
-        """``Pretrainer.forward`` + ``backward`` + optimizer step + EMA, as ``train()`` runs it (fp32, CPU)."""
+        """``Pretrainer.forward`` + ``backward`` + optimizer step + EMA, as ``train()`` runs it (fp32 unless bf16)."""
         t0 = time.perf_counter()
-        features, teacher = self.features()
+        with self.autocast():
+            features, teacher = self.features()
+        self.sync()
         t1 = time.perf_counter()
-        loss = self.loss(features, teacher)
+        with self.autocast():
+            loss = self.loss(features, teacher)
+        self.sync()
         t2 = time.perf_counter()
         loss.backward()
+        self.sync()
         t3 = time.perf_counter()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -122,6 +153,7 @@ class Stepper:
                 ema_update(self.teacher, self.backbone, 0.99)
                 for student, teacher_head in self.objective.ema_pairs():  # type: ignore[union-attr]
                     ema_update(teacher_head, student, 0.99)
+        self.sync()
         t4 = time.perf_counter()
         for key, value in zip(self.phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             self.phases[key].append(value)
@@ -233,55 +265,76 @@ def expander_what_if(st: Stepper, repeats: int) -> dict[str, Any]:
     return {"head_params": n_heads, **{k: summary(v) for k, v in times.items()}}
 
 
+def crop_labels(crops: MultiCropConfig) -> tuple[str, str]:
+    """``("2x224+6x96", "2x224")``: the multi-crop batch and its global views, as named in tables and JSON keys."""
+    two = f"{crops.n_global}x{crops.global_size}"
+    return (f"{two}+{crops.n_local}x{crops.local_size}" if crops.n_local else two), two
+
+
 def run_arch(arch: str, batch: int, repeats: int, image_size: int, objectives: list[str], profile: bool,
-             device: str = "cpu") -> dict[str, Any]:
-    print(f"\n== {arch}: batch {batch}, {repeats} rounds, objectives {objectives}, device {device}", flush=True)
+             device: str = "cpu", precision: str = "fp32", crops: MultiCropConfig | None = None,
+             heads: dict[str, str] | None = None, loss_only: bool = True) -> dict[str, Any]:
+    crops = crops or MultiCropConfig()
+    multi_label, two_label = crop_labels(crops)
+    multi_key, two_key = f"backbone:{multi_label}", f"backbone:{two_label}"
+    print(f"\n== {arch}: batch {batch}, crops {multi_label}, {repeats} rounds, objectives {objectives}, device "
+          f"{device}, {precision}", flush=True)
     sync = torch.cuda.synchronize if device == "cuda" else None
-    views, two = make_batch(batch, image_size)
+    views, two = make_batch(batch, image_size, crops=crops)
     steppers: dict[str, Stepper] = {}
     if any(o in MULTI_CROP for o in objectives):
-        steppers["backbone:2x224+6x96"] = Stepper(arch, None, views, device)
+        steppers[multi_key] = Stepper(arch, None, views, device, precision)
     if any(o not in MULTI_CROP for o in objectives):
-        steppers["backbone:2x224"] = Stepper(arch, None, two, device)
+        steppers[two_key] = Stepper(arch, None, two, device, precision)
     for name in objectives:
-        steppers[name] = Stepper(arch, name, views if name in MULTI_CROP else two, device)
+        steppers[name] = Stepper(arch, name, views if name in MULTI_CROP else two, device, precision, heads)
     print("  params: " + ", ".join(f"{n} {st.params / 1e6:.1f}M" for n, st in steppers.items()), flush=True)
 
     times, loads = interleaved({n: st.step for n, st in steppers.items()}, repeats, warmup=1, sync=sync)
     rows, results = [], {}
     for name, st in steppers.items():
-        base = "backbone:2x224+6x96" if (name in MULTI_CROP or name == "backbone:2x224+6x96") else "backbone:2x224"
+        base = multi_key if (name in MULTI_CROP or name == multi_key) else two_key
         ratio = median(times[name]) / median(times[base])
+        images_per_s = batch / median(times[name])
         phases = {k: median(v[-repeats:]) for k, v in st.phases.items()}
-        target = TARGETS.get((arch, name))
+        # The target is for the CPU, fp32, the default crops and heads.
+        cpu_default = (device, precision, multi_label) == ("cpu", "fp32", "2x224+6x96") and not heads
+        target = TARGETS.get((arch, name)) if cpu_default else None
         met = None if target is None else ratio <= target
-        results[name] = {"step": summary(times[name]), "baseline": base, "ratio": ratio, "phases_median_s": phases,
-                         "trainable_params": st.params, "target_ratio": target, "target_met": met}
-        rows.append([name, "2x224+6x96" if "6x96" in base else "2x224", st.params / 1e6, median(times[name]),
-                     ratio, phases["fwd_backbone"], phases["fwd_objective"], phases["backward"], phases["optim_step"],
-                     "-" if target is None else f"<= {target} {'MET' if met else 'MISSED'}"])
-    step_table = table(["config", "crops", "params (M)", "step median (s)", "ratio vs backbone", "fwd backbone",
-                        "fwd objective", "backward", "optim step", "target"], rows)
+        results[name] = {"step": summary(times[name]), "baseline": base, "ratio": ratio, "images_per_s": images_per_s,
+                         "phases_median_s": phases, "trainable_params": st.params, "target_ratio": target,
+                         "target_met": met}
+        rows.append([name, multi_label if base == multi_key else two_label, st.params / 1e6, median(times[name]),
+                     images_per_s, ratio, phases["fwd_backbone"], phases["fwd_objective"], phases["backward"],
+                     phases["optim_step"], "-" if target is None else f"<= {target} {'MET' if met else 'MISSED'}"])
+    step_table = table(["config", "crops", "params (M)", "step median (s)", "images/s", "ratio vs backbone",
+                        "fwd backbone", "fwd objective", "backward", "optim step", "target"], rows)
     print("\nFull training step (median of interleaved rounds; phases are medians too):\n" + step_table, flush=True)
 
-    print("\n-- loss only (fixed detached backbone features), interleaved", flush=True)
-    loss_times, loss_loads = interleaved(loss_only_fns(steppers), repeats, warmup=1, sync=sync)
+    loss_times: dict[str, list[float]] = {}
+    loss_loads: list[list[float]] = []
+    if loss_only:
+        print("\n-- loss only (fixed detached backbone features), interleaved", flush=True)
+        loss_times, loss_loads = interleaved(loss_only_fns(steppers), repeats, warmup=1, sync=sync)
     loss_rows, loss_results = [], {}
     for name, values in loss_times.items():
         method = name.split(":")[0]
-        base = "backbone:2x224+6x96" if method in MULTI_CROP else "backbone:2x224"
+        base = multi_key if method in MULTI_CROP else two_key
         frac = median(values) / median(times[base])
         loss_results[name] = {**summary(values), "fraction_of_backbone_step": frac}
         loss_rows.append([name, median(values), frac])
-    loss_table = table(["loss fwd+bwd", "median (s)", "/ backbone-alone step"], loss_rows)
-    print("\nLoss only, forward + backward:\n" + loss_table, flush=True)
+    loss_table = table(["loss fwd+bwd", "median (s)", "/ backbone-alone step"], loss_rows) if loss_rows else ""
+    if loss_rows:
+        print("\nLoss only, forward + backward:\n" + loss_table, flush=True)
 
     out: dict[str, Any] = {"arch": arch, "batch": batch, "repeats": repeats, "image_size": image_size,
+                           "crops": multi_label, "device": device, "precision": precision, "heads": heads or {},
+                           "baselines": {"multi_crop": multi_key, "global_views": two_key},
                            "loadavg_per_round": loads, "loadavg_per_round_loss_only": loss_loads,
                            "steps": results, "loss_only": loss_results,
                            "table_step": step_table, "table_loss": loss_table}
     missed = [n for n, r in results.items() if r["target_met"] is False]
-    if missed and profile and device == "cpu":
+    if missed and profile and loss_only and device == "cpu":
         st = steppers["vicregl"]
         print(f"\n-- target missed for {missed}: profiling one vicregl step", flush=True)
         prof = profile_step(st)
@@ -290,22 +343,23 @@ def run_arch(arch: str, batch: int, repeats: int, image_size: int, objectives: l
         print("\n-- expander what-if (timing only), interleaved", flush=True)
         what_if = expander_what_if(st, repeats)
         out["expander_what_if"] = what_if
-        flops = {name: step_flops(steppers[name]) for name in ("backbone:2x224+6x96", "vicregl")}
+        flops = {name: step_flops(steppers[name]) for name in (multi_key, "vicregl")}
         what_if["flops_fwd_bwd"] = flops
-        what_if["flop_ratio"] = flops["vicregl"] / flops["backbone:2x224+6x96"]
-        print(f"  fwd+bwd GFLOP (matmul/conv): backbone {flops['backbone:2x224+6x96'] / 1e9:.0f}, vicregl "
+        what_if["flop_ratio"] = flops["vicregl"] / flops[multi_key]
+        print(f"  fwd+bwd GFLOP (matmul/conv): backbone {flops[multi_key] / 1e9:.0f}, vicregl "
               f"{flops['vicregl'] / 1e9:.0f} -> FLOP floor of the ratio {what_if['flop_ratio']:.3f}", flush=True)
-        base_step = median(times["backbone:2x224+6x96"])
-        out["explanation"] = explain(results, loss_results, what_if, base_step)
+        base_step = median(times[multi_key])
+        out["explanation"] = explain(results, loss_results, what_if, base_step, multi_key)
         print("\n" + out["explanation"], flush=True)
     del steppers
     gc.collect()
     return out
 
 
-def explain(results: dict[str, Any], loss: dict[str, Any], what_if: dict[str, Any], base_step: float) -> str:
+def explain(results: dict[str, Any], loss: dict[str, Any], what_if: dict[str, Any], base_step: float,
+            base_key: str = "backbone:2x224+6x96") -> str:
     """A plain-text account of where VICRegL's extra time goes, from the measured numbers."""
-    v, b = results["vicregl"], results["backbone:2x224+6x96"]
+    v, b = results["vicregl"], results[base_key]
     extra = v["step"]["median_s"] - b["step"]["median_s"]
     vp, bp = v["phases_median_s"], b["phases_median_s"]
     crit = loss.get("vicregl:criterion", {}).get("median_s", float("nan"))
@@ -339,7 +393,16 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=256, help="side of the synthetic source images")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu (the targets are CPU)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                        help="autocast dtype of the full step's forward passes (default fp32)")
+    parser.add_argument("--global-size", type=int, default=224, help="global crop side (default 224)")
+    parser.add_argument("--local-size", type=int, default=96, help="local crop side (default 96)")
+    parser.add_argument("--n-local", type=int, default=6, help="local crops per image (default 6)")
+    parser.add_argument("--projector", default=None, help="VICReg(L) expander widths instead of the default "
+                                                          "8192-8192-8192 (smoke runs, e.g. 64-64)")
+    parser.add_argument("--local-projector", default=None, help="VICRegL local projector widths (default 512-512-512)")
     parser.add_argument("--no-profile", action="store_true", help="skip the profile when a target is missed")
+    parser.add_argument("--no-loss-only", action="store_true", help="skip the loss-only block (full steps only)")
     parser.add_argument("--quick", action="store_true", help="batch 4, 3 rounds, no profile")
     parser.add_argument("--out", default=None, help="JSON path (default results/objective_overhead.json)")
     args = parser.parse_args()
@@ -347,11 +410,17 @@ def main() -> None:
         args.batch, args.repeats, args.no_profile = 4, 3, True
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: no CUDA device is available")
+    crops = MultiCropConfig(global_size=args.global_size, local_size=args.local_size, n_local=args.n_local)
+    crops.validate()
+    heads = {key: value for key, value in (("projector", args.projector), ("local_projector", args.local_projector))
+             if value is not None}
     info = machine_info()
     print(machine_line(info), flush=True)
     start = time.perf_counter()
     per_arch = [run_arch(a, args.batch, args.repeats, args.image_size, args.objectives, not args.no_profile,
-                         args.device) for a in args.archs]
+                         args.device, args.precision, crops, heads, not args.no_loss_only) for a in args.archs]
     finish_info(info)
     info["wall_s"] = time.perf_counter() - start
     payload = {"benchmark": "objective_overhead", "machine": info, "settings": vars(args), "archs": per_arch}

@@ -49,7 +49,17 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Training data: the embedded ``synthetic`` scenes or an image ``folder`` (recursive, ImageNet layout works)."""
+    """Training data: the embedded ``synthetic`` scenes or an image ``folder`` (recursive, ImageNet layout works).
+
+    ``augment_on``: where multi-crop's photometric half (colour jitter, grayscale, blur, solarization, normalization)
+    runs. ``loader`` (default): in the data loader, with PIL, exactly the reference recipe. ``device``: the loader only
+    decodes, crops, resamples and flips (uint8 crops, same boxes and flips as ``loader``); the rest runs batched on
+    the training device (``densessl.data.device_augment``), with the same per-view probabilities and parameter
+    ranges, drawn from a generator seeded by (seed, epoch, step, rank, micro-batch). Use it when the CPUs cannot
+    keep a GPU busy. ``fast_decode``: decode JPEG files at 1/2, 1/4 or 1/8 size when every crop window of the image
+    stays at least as large as its output crop (``data.source=folder`` only; boxes are unchanged, pixels change
+    slightly; off: bit-exact crops).
+    """
 
     source: Literal["synthetic", "folder"] = "synthetic"
     root: str | None = None
@@ -58,6 +68,8 @@ class DataConfig:
     batch_size: int = 64
     num_workers: int = 2
     strict: bool = False
+    augment_on: Literal["loader", "device"] = "loader"
+    fast_decode: bool = False
     multicrop: MultiCropConfig = field(default_factory=MultiCropConfig)
 
     def validate(self) -> None:
@@ -107,6 +119,10 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N (any torch device name)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     channels_last: bool = False
+    # torch.compile the backbone forward (student and EMA teacher); checkpoints and exports are unchanged. The
+    # first step compiles (tens of seconds; needs a C++ compiler on the CPU, Triton on GPUs).
+    compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
     sync_bn: bool = True
     log_every: int = 10
     checkpoint_every_epochs: int = 1

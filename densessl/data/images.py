@@ -9,12 +9,14 @@ from __future__ import annotations
 import ast
 import os
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "load_image", "to_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageLoadError", "ReducedImage", "load_image", "load_image_reduced", "to_rgb"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
 
@@ -109,6 +111,21 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+@dataclass
+class ReducedImage:
+    """An image decoded at ``1/scale`` of its size (``load_image_reduced``).
+
+    Attributes:
+        image: The decoded ``RGB`` image, ``ceil(W / scale) x ceil(H / scale)``.
+        original_size: ``(W, H)`` of the file.
+        scale: 1, 2, 4 or 8; pixel ``i`` of ``image`` covers original pixels ``[i * scale, (i + 1) * scale)``.
+    """
+
+    image: Image.Image
+    original_size: tuple[int, int]
+    scale: int
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open, fully decode and convert an image file to RGB.
 
@@ -121,13 +138,44 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     Raises:
         ImageLoadError: The file is missing, truncated, corrupt, empty or not an image; the message names the file.
     """
-    path = Path(path)
+    return _load(Path(path), None).image
+
+
+def load_image_reduced(path: str | os.PathLike, choose_scale: Callable[[int, int], int]) -> ReducedImage:
+    """Like ``load_image``, but a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (PIL's ``Image.draft``).
+
+    The DCT-domain reduction skips most of the decoding work; other formats decode at full size (``scale`` 1).
+
+    Args:
+        path: Image file path.
+        choose_scale: Called once with the file's ``(W, H)`` before decoding; returns the reduction wanted (1, 2, 4
+            or 8).
+
+    Returns:
+        The image, its original size and the reduction actually used.
+
+    Raises:
+        ImageLoadError: As ``load_image``.
+    """
+    return _load(Path(path), choose_scale)
+
+
+def _load(path: Path, choose_scale: Callable[[int, int], int] | None) -> ReducedImage:
     try:
         with Image.open(path) as image:
+            size = image.size
+            scale = 1
+            if choose_scale is not None and image.width > 0 and image.height > 0:
+                wanted = choose_scale(image.width, image.height)
+                if wanted > 1:
+                    # draft picks the largest of 8/4/2/1 with W // (W // r) >= it, i.e. exactly r; None: not a JPEG.
+                    drafted = image.draft("RGB", (max(1, image.width // wanted), max(1, image.height // wanted)))
+                    if drafted is not None:
+                        scale = round(size[0] / drafted[1][2])
             image.load()
             if image.width == 0 or image.height == 0:
                 raise ImageLoadError(path, f"image has zero size {image.width}x{image.height}")
-            return to_rgb(image)
+            return ReducedImage(to_rgb(image), size, scale)
     except ImageLoadError:
         raise
     except FileNotFoundError:

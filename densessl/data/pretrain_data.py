@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
 import torch.utils.data
 from PIL import Image
 
-from densessl.data.images import IMAGE_EXTENSIONS, ImageLoadError, load_image
-from densessl.data.transforms import CropViews, MultiCrop
+from densessl.data.images import IMAGE_EXTENSIONS, ImageLoadError, ReducedImage, load_image, load_image_reduced
+from densessl.data.transforms import CropPlan, CropViews, MultiCrop
 
 __all__ = ["ImageFolder", "SyntheticImages", "PretrainDataset", "ResumableSampler", "sample_seed"]
 
@@ -57,6 +58,10 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Image.Image:
         return load_image(self.paths[index])
+
+    def load_reduced(self, index: int, choose_scale: Callable[[int, int], int]) -> ReducedImage:
+        """Image ``index``, a JPEG decoded at the reduction ``choose_scale(W, H)`` picks (``load_image_reduced``)."""
+        return load_image_reduced(self.paths[index], choose_scale)
 
 
 _WARN_FOLDERS = 5  # unreadable or repeated folders warned about one by one; the rest are summed up
@@ -173,6 +178,9 @@ class PretrainDataset(torch.utils.data.Dataset):
         seed: Run seed.
         strict: Raise on unreadable files instead of skipping them.
         check_tries: Most images decoded by the construction check when they all fail (0 = no check).
+        fast_decode: Decode JPEGs at the largest reduction (1/2, 1/4, 1/8) that keeps every crop window at least as
+            large as its output crop (``MultiCrop.decode_scale``); only for datasets with ``load_reduced``
+            (``ImageFolder``). Boxes and flips are unchanged, pixels change slightly. Off: crops are bit-exact.
 
     Raises:
         ImageLoadError: None of the images tried at construction could be read.
@@ -181,11 +189,12 @@ class PretrainDataset(torch.utils.data.Dataset):
     MAX_ATTEMPTS = 32
 
     def __init__(self, images: torch.utils.data.Dataset, multicrop: MultiCrop, seed: int = 0,
-                 strict: bool = False, check_tries: int = 256) -> None:
+                 strict: bool = False, check_tries: int = 256, fast_decode: bool = False) -> None:
         self.images = images
         self.multicrop = multicrop
         self.seed = seed
         self.strict = strict
+        self.fast_decode = fast_decode and hasattr(images, "load_reduced")
         self.epoch = 0
         if check_tries:
             self.check_readable(check_tries)
@@ -243,8 +252,14 @@ class PretrainDataset(torch.utils.data.Dataset):
         attempts = min(len(self), self.MAX_ATTEMPTS)
         for attempt in range(attempts):
             current = (index + attempt) % len(self)
+            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
+            plans: list[CropPlan] = []
             try:
-                image = self.images[current]
+                if self.fast_decode:
+                    choose = partial(self._decode_scale, generator=generator, plans=plans)
+                    decoded = self.images.load_reduced(current, choose)
+                else:
+                    image = self.images[current]
             except ImageLoadError as error:
                 if self.strict:
                     raise
@@ -252,8 +267,10 @@ class PretrainDataset(torch.utils.data.Dataset):
                 skipped.append(current)
                 first = first or error
                 continue
-            generator = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index))
-            views = self.multicrop(image, generator)
+            if self.fast_decode:
+                views = self.multicrop.apply(decoded.image, plans[0], decoded.scale)
+            else:
+                views = self.multicrop(image, generator)
             record = torch.full((self.MAX_ATTEMPTS,), -1, dtype=torch.long)
             record[: len(skipped)] = torch.tensor(skipped, dtype=torch.long)
             views.extras["skipped"] = record
@@ -265,6 +282,11 @@ class PretrainDataset(torch.utils.data.Dataset):
             what = f"{attempts} consecutive images{self._where()} could not be read"
         raise ImageLoadError(f"{what} (first: {first.path!r}: {first.reason}); replace or delete the unreadable "
                              f"files, or point data.root at a folder of readable images")
+
+    def _decode_scale(self, width: int, height: int, generator: torch.Generator, plans: list[CropPlan]) -> int:
+        """Draw the views' plan from the file's size (before decoding) and pick the JPEG decode reduction."""
+        plans.append(self.multicrop.plan(width, height, generator))
+        return self.multicrop.decode_scale(plans[0])
 
 
 class ResumableSampler(torch.utils.data.Sampler[int]):

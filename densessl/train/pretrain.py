@@ -33,6 +33,7 @@ from densessl.backbones import DenseBackbone, encode_views
 from densessl.config import Config
 from densessl.config_io import to_dict
 from densessl.data.collate import Views, collate_views
+from densessl.data.device_augment import DeviceAugment, augment_seed
 from densessl.data.pretrain_data import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
 from densessl.data.transforms import MultiCrop, MultiCropConfig
 from densessl.diagnostics import collapse_summary, match_precision_over_dataset
@@ -43,7 +44,8 @@ from densessl.train.engine import NonFiniteLossError, ResumeMode
 from densessl.train.optim import build_optimizer, lr_at
 from densessl.weights import save_backbone
 
-__all__ = ["FIXED_ON_RESUME", "NonFiniteLossError", "Pretrainer", "TrainResult", "train", "dense_diagnostics"]
+__all__ = ["FIXED_ON_RESUME", "CompileFailedError", "NonFiniteLossError", "Pretrainer", "TrainResult", "train",
+           "dense_diagnostics"]
 
 logger = logging.getLogger("densessl")
 
@@ -103,7 +105,8 @@ def _build_dataset(cfg: Config) -> PretrainDataset:
         images = SyntheticImages(cfg.data.synthetic_images, cfg.data.synthetic_size, seed=cfg.train.seed)
     else:
         images = ImageFolder(cfg.data.root)  # type: ignore[arg-type]
-    return PretrainDataset(images, MultiCrop(cfg.data.multicrop), seed=cfg.train.seed, strict=cfg.data.strict)
+    return PretrainDataset(images, MultiCrop(cfg.data.multicrop, augment_on=cfg.data.augment_on), seed=cfg.train.seed,
+                           strict=cfg.data.strict, fast_decode=cfg.data.fast_decode)
 
 
 @torch.no_grad()
@@ -196,6 +199,13 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
     pretrainer.to(device)
     if cfg.train.channels_last:
         pretrainer.to(memory_format=torch.channels_last)
+    if cfg.train.compile:
+        # torch.compile in place (nn.Module.compile): the modules keep their parameters, so state dicts, EMA,
+        # checkpoints and the export are the same as without compile (no `_orig_mod.` prefixes). One static graph
+        # per crop resolution (dynamic=False). Compiling happens at the first step; failures: see _compile_failed.
+        for module in (pretrainer.backbone, pretrainer.teacher_backbone):
+            if module is not None:
+                module.compile(mode=cfg.train.compile_mode, dynamic=False)
     optimizer = build_optimizer([pretrainer], cfg.optim)
     scaler = engine.make_scaler(run)
     # Map-only objectives leave the backbone's pooling head (e.g. ConvNeXt's head norm) without gradients.
@@ -247,8 +257,16 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
         logger.info("iteration %d: match precision %.3f (chance %.3f), RankMe global %.1f local %.1f", step,
                     record["match_precision"], record["match_chance"], record["rankme_global"], record["rankme_local"])
 
+    # data.augment_on=device: the loader made uint8 geometry-only crops; the photometric half runs here, batched on
+    # the device, from a generator seeded by (seed, epoch, step, rank, micro-batch): reproducible and resumable.
+    augmenter = DeviceAugment(cfg.data.multicrop) if cfg.data.augment_on == "device" else None
+
     def forward(module: nn.Module, views: Views) -> dict[str, Tensor]:
-        return module(views.to(device, non_blocking=True))
+        if augmenter is None:
+            return module(views.to(device, non_blocking=True))
+        micro = next(index for index, batch in enumerate(micro_batches) if batch is views)
+        seed = augment_seed(cfg.train.seed, step // steps_per_epoch, step, run.rank, micro)
+        return module(augmenter(views.to(device, non_blocking=True), torch.Generator().manual_seed(seed)))
 
     progress = tqdm(total=total_steps, initial=step, disable=not (run.main and cfg.train.progress),
                     dynamic_ncols=True, desc=f"{cfg.method}/{cfg.model.arch}")
@@ -318,6 +336,32 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
             exported = save_backbone(pretrainer.backbone.model, run.run_dir, cfg.model.arch, to_dict(cfg))
             backbone_path = exported.safetensors
             logger.info("done: %d iterations, last loss %.4f, backbone saved to %s", step, last_loss, backbone_path)
+    except Exception as error:
+        if cfg.train.compile and _is_compile_error(error):
+            raise _compile_failed(error) from error
+        raise
     finally:
         progress.close()
     return TrainResult(run.run_dir, step, total_steps, last_loss, backbone_path, interrupted)
+
+
+class CompileFailedError(ValueError):
+    """``train.compile=true`` but ``torch.compile`` failed; ``train.compile=false`` trains the same model uncompiled."""
+
+
+def _is_compile_error(error: Exception) -> bool:
+    """Whether ``error`` comes from torch.compile: tracing, code generation, the C++ build (CPU) or Triton (GPU)."""
+    from torch._dynamo.exc import TorchDynamoException
+    from torch._inductor.exc import CppCompileError
+
+    return isinstance(error, (TorchDynamoException, CppCompileError))
+
+
+def _compile_failed(error: Exception) -> CompileFailedError:
+    """One clear error for a failed ``torch.compile``: the first line of the cause (the full error is chained)."""
+    cause = getattr(error, "inner_exception", None) or error  # BackendCompilerFailed wraps the backend's error
+    first = next((line.strip() for line in str(cause).splitlines() if line.strip()), "")
+    return CompileFailedError(
+        f"train.compile=true: torch.compile failed ({type(cause).__name__}: {first[:300]}). Set train.compile=false "
+        f"to train without compiling (same model and checkpoints, slower steps); torch.compile needs a working C++ "
+        f"compiler (g++) on the CPU and Triton on GPUs")

@@ -124,3 +124,98 @@ def test_fast_pil_photometrics_equal_torchvision() -> None:
     config = MultiCropConfig()
     reference = TF.normalize(TF.pil_to_tensor(image).float() / 255.0, config.mean, config.std)
     torch.testing.assert_close(MultiCrop(config)._to_tensor(image), reference, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------- augment_on="device", fast_decode
+def _smooth_jpeg(path, width: int = 2000, height: int = 1500) -> None:
+    """A smooth, detailed colour image (gradients, sinusoids, blocks) saved as a quality-95 JPEG."""
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 128 + 100 * np.sin(x / 37.0) * np.cos(y / 53.0)
+    g = 255 * x / width
+    b = 128 + 90 * np.sin((x + y) / 71.0)
+    array = np.stack([r, g, b], axis=-1)
+    array[300:700, 400:900] = (30, 200, 90)
+    Image.fromarray(np.clip(array, 0, 255).astype(np.uint8)).save(path, quality=95)
+
+
+def test_device_mode_keeps_the_geometry_and_skips_the_photometric_part() -> None:
+    """Same seed: identical boxes/flips; uint8 crops equal the loader's crops wherever the loader changed nothing."""
+    config = MultiCropConfig(global_size=48, local_size=24, n_local=4, jitter_p=0.5, grayscale_p=0.2,
+                             blur_p=(0.5, 0.1), solarize_p=(0.0, 0.2))
+    loader, device = MultiCrop(config), MultiCrop(config, augment_on="device")
+    image = _image(150, 110)
+    compared = 0
+    for seed in range(12):
+        a = loader(image, torch.Generator().manual_seed(seed))
+        b = device(image, torch.Generator().manual_seed(seed))
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.flipped, b.flipped)
+        assert all(c.dtype == torch.uint8 for c in b.crops)
+        assert [tuple(c.shape) for c in b.crops] == [tuple(c.shape) for c in a.crops]
+        plan = loader.plan(150, 110, torch.Generator().manual_seed(seed))
+        for v, draws in enumerate(plan.photometric):
+            if draws.jitter is None and not draws.grayscale and draws.blur_sigma is None and not draws.solarize:
+                torch.testing.assert_close(loader._to_tensor(TF.to_pil_image(b.crops[v])), a.crops[v], atol=0, rtol=0)
+                compared += 1
+    assert compared >= 5
+
+
+def test_plan_then_apply_equals_one_call() -> None:
+    multicrop = MultiCrop(SMALL)
+    image = _image()
+    direct = multicrop(image, torch.Generator().manual_seed(3))
+    planned = multicrop.apply(image, multicrop.plan(120, 90, torch.Generator().manual_seed(3)))
+    assert all(torch.equal(x, y) for x, y in zip(direct.crops, planned.crops))
+    assert torch.equal(direct.boxes, planned.boxes)
+    with pytest.raises(ValueError, match="does not match a plan"):
+        multicrop.apply(_image(100, 90), multicrop.plan(120, 90, torch.Generator()))
+
+
+def test_decode_scale_is_the_largest_power_of_two_keeping_windows_at_least_the_crop() -> None:
+    multicrop = MultiCrop(MultiCropConfig(global_size=224, local_size=96, n_global=2, n_local=1))
+    plan = multicrop.plan(2000, 1500, torch.Generator().manual_seed(0))
+
+    def with_windows(windows):
+        return type(plan)(2000, 1500, windows, plan.flips, plan.photometric)
+
+    assert multicrop.decode_scale(with_windows([(0, 0, 900, 1000), (0, 0, 1500, 2000), (0, 0, 400, 390)])) == 4
+    assert multicrop.decode_scale(with_windows([(0, 0, 896, 1000), (0, 0, 1500, 2000), (0, 0, 800, 800)])) == 4
+    assert multicrop.decode_scale(with_windows([(0, 0, 895, 1000), (0, 0, 1500, 2000), (0, 0, 800, 800)])) == 2
+    assert multicrop.decode_scale(with_windows([(0, 0, 1800, 1850), (0, 0, 1792, 2000), (0, 0, 800, 800)])) == 8
+    assert multicrop.decode_scale(with_windows([(0, 0, 300, 300), (0, 0, 1500, 2000), (0, 0, 800, 800)])) == 1
+
+
+@pytest.mark.parametrize("augment_on", ["device", "loader"])
+def test_fast_decode_keeps_boxes_and_crops_close_on_a_large_jpeg(tmp_path, augment_on: str) -> None:
+    from densessl.data.images import load_image_reduced
+    from densessl.data.pretrain_data import ImageFolder, PretrainDataset
+
+    _smooth_jpeg(tmp_path / "big.jpg")
+    folder = ImageFolder(tmp_path)
+    multicrop = MultiCrop(MultiCropConfig(), augment_on=augment_on)  # the official 2 x 224 + 6 x 96
+    exact = PretrainDataset(folder, multicrop, seed=0)
+    fast = PretrainDataset(folder, multicrop, seed=0, fast_decode=True)
+    scales = []
+    for epoch in range(3):
+        exact.set_epoch(epoch)
+        fast.set_epoch(epoch)
+        a, b = exact[0], fast[0]
+        assert torch.equal(a.boxes, b.boxes) and torch.equal(a.flipped, b.flipped)
+        assert torch.equal(a.image_size, b.image_size) and a.image_size.tolist() == [2000.0, 1500.0]
+        for x, y in zip(a.crops, b.crops):
+            assert x.dtype == y.dtype and x.shape == y.shape
+            diff = (x.float() - y.float()).abs().mean()
+            # uint8 levels (device) or normalized units (loader: about 1/58 per level)
+            assert float(diff) < (1.0 if augment_on == "device" else 1.5 / 58), float(diff)
+        plan = multicrop.plan(2000, 1500, torch.Generator().manual_seed(0))
+        scales.append(load_image_reduced(folder.paths[0], lambda w, h, plan=plan: multicrop.decode_scale(plan)).scale)
+    assert max(scales) >= 2  # the reduced decode was really used
+
+
+def test_fast_decode_on_a_png_is_exact(tmp_path) -> None:
+    from densessl.data.pretrain_data import ImageFolder, PretrainDataset
+
+    _image(150, 110).save(tmp_path / "a.png")
+    multicrop = MultiCrop(SMALL)
+    a = PretrainDataset(ImageFolder(tmp_path), multicrop, seed=1)[0]
+    b = PretrainDataset(ImageFolder(tmp_path), multicrop, seed=1, fast_decode=True)[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.crops, b.crops)) and torch.equal(a.boxes, b.boxes)
