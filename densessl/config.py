@@ -122,7 +122,10 @@ class TrainConfig:
     # torch.compile the backbone forward (student and EMA teacher); checkpoints and exports are unchanged. The
     # first step compiles (tens of seconds; needs a C++ compiler on the CPU, Triton on GPUs).
     compile: bool = False
-    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"  # inductor only
+    # torch.compile backend: "inductor" (generated C++/Triton kernels, the fast one) or any other registered backend,
+    # e.g. "aot_eager" (graph capture and AOT autograd without code generation: quick to compile, for debugging).
+    compile_backend: str = "inductor"
     sync_bn: bool = True
     log_every: int = 10
     checkpoint_every_epochs: int = 1

@@ -205,7 +205,9 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
         # per crop resolution (dynamic=False). Compiling happens at the first step; failures: see _compile_failed.
         for module in (pretrainer.backbone, pretrainer.teacher_backbone):
             if module is not None:
-                module.compile(mode=cfg.train.compile_mode, dynamic=False)
+                backend = cfg.train.compile_backend
+                module.compile(backend=backend, mode=cfg.train.compile_mode if backend == "inductor" else None,
+                               dynamic=False)
     optimizer = build_optimizer([pretrainer], cfg.optim)
     scaler = engine.make_scaler(run)
     # Map-only objectives leave the backbone's pooling head (e.g. ConvNeXt's head norm) without gradients.
