@@ -58,6 +58,7 @@ from densessl.atomic import atomic_write_text
 __all__ = [
     "ConfigError",
     "check_choices",
+    "flatten",
     "from_dict",
     "load_config",
     "merge",
@@ -791,6 +792,19 @@ def load_config(
         cfg = merge(cfg, updates)
     validate_config(cfg)
     return cfg
+
+
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: dotted keys of a plain config dict (lists, other values and empty
+    mappings kept as they are)."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            flat.update(flatten(value, dotted))
+        else:
+            flat[dotted] = value
+    return flat
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

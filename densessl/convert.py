@@ -641,33 +641,17 @@ def allow_checkpoint_args() -> Iterator[None]:
 
 
 def _load(path: Path) -> Any:
-    from densessl.safe_load import load_plain, verify_torch_zip
-    from densessl.weights import _PICKLE_MAGIC, _ZIP_MAGIC, _is_safetensors
+    from densessl.safe_load import file_kind, load_plain, read_safetensors
 
     if path.is_dir():
         raise ValueError(f"checkpoint path {str(path)!r} is a directory, not a checkpoint file")
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {str(path)!r}")
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if size == 0:
-        raise ValueError(f"checkpoint {str(path)!r} is empty (0 bytes)")
-    if _is_safetensors(head, size):
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-            raise ValueError(f"checkpoint {str(path)!r} is a damaged or truncated safetensors file "
-                             f"({error})") from None
-    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
-        raise ValueError(f"{str(path)!r} is not a torch or safetensors file (it starts with bytes {head!r})")
-    if head.startswith(_ZIP_MAGIC):
-        verify_torch_zip(path, "checkpoint", "download or copy it again")
+    fix = "download or copy it again"
+    if file_kind(path, "checkpoint", fix) == "safetensors":
+        return read_safetensors(path, "checkpoint", fix)[0]
     with allow_checkpoint_args():
-        return load_plain(path, "checkpoint", "download or copy it again")
+        return load_plain(path, "checkpoint", fix)
 
 
 def _sha256(path: Path) -> str:

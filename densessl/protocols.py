@@ -37,6 +37,7 @@ from typing import Any, Literal
 from densessl.config_io import (
     SHIPPED_CONFIGS,
     ConfigError,
+    flatten,
     load_config,
     merge,
     parse_dotlist,
@@ -413,18 +414,6 @@ def build_det_config(card: ProtocolCard, *, weights: str | None, data_root: str 
 # --------------------------------------------------------------------------- #
 # Settings
 # --------------------------------------------------------------------------- #
-
-
-def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (lists and other values kept as they are)."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        dotted = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, dotted))
-        else:
-            flat[dotted] = value
-    return flat
 
 
 def protocol_settings(card: ProtocolCard) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pickle
 import re
+import struct
 import warnings
 import zipfile
 from pathlib import Path
@@ -19,13 +20,67 @@ from typing import Any
 
 import torch
 
-__all__ = ["first_sentence", "load_plain", "verify_torch_zip"]
+__all__ = ["first_sentence", "file_kind", "load_plain", "read_safetensors", "verify_torch_zip"]
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2: torch.save's legacy format (or a plain pickle)
 
 
 def first_sentence(error: BaseException) -> str:
     """The first sentence of an exception's message, whitespace collapsed, at most 300 characters."""
     text = " ".join(str(error).split())
     return (text.split(". ")[0].rstrip(".") if text else type(error).__name__)[:300]
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file starts with a little-endian u64 header length, then the JSON header ``{...``."""
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    (header_len,) = struct.unpack("<Q", head[:8])
+    return 8 + header_len <= size
+
+
+def file_kind(path: Path, what: str, fix: str, noun: str = "file") -> str:
+    """``"safetensors"`` or ``"torch"`` by the file's first bytes (not its name); a torch zip is CRC-checked too.
+
+    The caller checks first that ``path`` is an existing file (its messages for a folder or a missing file differ).
+
+    Args:
+        path: The file.
+        what: How messages name it ("weights file", "checkpoint").
+        fix: The next step the messages suggest.
+        noun: The kind of file expected, in the "not a torch or safetensors ..." message.
+
+    Raises:
+        ValueError: Empty, neither safetensors nor written by ``torch.save``, or a damaged torch zip.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(16)
+    if size == 0:
+        raise ValueError(f"{what} {str(path)!r} is empty (0 bytes); {fix}")
+    if _is_safetensors(head, size):
+        return "safetensors"
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
+        raise ValueError(f"{str(path)!r} is not a torch or safetensors {noun} (it starts with bytes {head!r}; "
+                         "expected a file written by torch.save or safetensors)")
+    if head.startswith(_ZIP_MAGIC):
+        verify_torch_zip(path, what, fix)
+    return "torch"
+
+
+def read_safetensors(path: Path, what: str, fix: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors (on the CPU) and the string metadata of a safetensors file; ``ValueError`` if it is damaged."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            metadata = handle.metadata() or {}
+            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{what} {str(path)!r} is a damaged or truncated safetensors file "
+                         f"({first_sentence(error)}); {fix}") from None
+    return state, metadata
 
 
 def verify_torch_zip(path: str | Path, what: str = "file", fix: str = "write it again") -> None:

@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from densessl.safe_load import first_sentence, load_plain, verify_torch_zip
+from densessl.safe_load import file_kind, load_plain, read_safetensors
 
 __all__ = [
     "FORMAT",
@@ -61,8 +60,6 @@ JSON_NAME = "backbone.json"
 
 _CHECKPOINT_PREFIX = "backbone.model."  # Pretrainer.backbone (DenseBackbone) .model (the timm model)
 _WRAPPER_KEYS = ("state_dict", "model", "backbone")
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
-_PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2: torch.save's legacy format (or a plain pickle)
 
 
 @dataclass(frozen=True)
@@ -188,24 +185,8 @@ def save_backbone(backbone_model: nn.Module, run_dir: str | os.PathLike, arch: s
 # --------------------------------------------------------------------------- #
 
 
-def _is_safetensors(head: bytes, size: int) -> bool:
-    """A safetensors file starts with a little-endian u64 header length, then the JSON header ``{...``."""
-    if len(head) < 9 or head[8:9] != b"{":
-        return False
-    (header_len,) = struct.unpack("<Q", head[:8])
-    return 8 + header_len <= size
-
-
 def _read_safetensors(path: Path) -> BackboneWeights:
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt", device="cpu") as handle:
-            metadata = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (safe_open is not a dict)
-    except (SafetensorError, OSError, ValueError, RuntimeError) as error:
-        raise ValueError(f"weights file {str(path)!r} is a damaged or truncated safetensors file "
-                         f"({first_sentence(error)}); export or copy it again") from None
+    state, metadata = read_safetensors(path, "weights file", "export or copy it again")
     arch = metadata.get("arch") or None
     config = None
     if metadata.get("config"):
@@ -330,18 +311,8 @@ def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:
         raise ValueError(f"weights path {str(path)!r} is a directory, not a weights file{hint}")
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {str(path)!r}")
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(16)
-    if size == 0:
-        raise ValueError(f"weights file {str(path)!r} is empty (0 bytes); export or copy it again")
-    if _is_safetensors(head, size):
+    if file_kind(path, "weights file", "export or copy it again", noun="weights file") == "safetensors":
         return _read_safetensors(path)
-    if not head.startswith((_ZIP_MAGIC, _PICKLE_MAGIC)):
-        raise ValueError(f"{str(path)!r} is not a torch or safetensors weights file (it starts with bytes {head!r}; "
-                         "expected a file written by torch.save or safetensors)")
-    if head.startswith(_ZIP_MAGIC):
-        verify_torch_zip(path, "weights file", "export or copy it again")
     from densessl.convert import allow_checkpoint_args, read_published  # lazy: densessl.convert imports this module
 
     with allow_checkpoint_args():  # DINO/iBOT checkpoints store their argparse.Namespace

@@ -58,7 +58,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from densessl.atomic import atomic_torch_save, atomic_write_text, sweep_temporary_files
-from densessl.config_io import save_config
+from densessl.config_io import flatten, save_config
 from densessl.safe_load import load_plain, verify_torch_zip
 
 __all__ = [
@@ -78,7 +78,6 @@ __all__ = [
     "set_lr",
     "start_run",
     "stop_requested",
-    "unwrap",
 ]
 
 logger = logging.getLogger("densessl")
@@ -218,18 +217,9 @@ def resolve_resume(run_dir: str | os.PathLike, resume: ResumeMode | bool) -> boo
     return exists and mode != "no"
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{prefix}{key}."))
-        return out or {prefix[:-1]: {}}
-    return {prefix[:-1]: value}
-
-
 def config_changes(old: dict[str, Any], new: dict[str, Any]) -> dict[str, tuple[Any, Any]]:
     """Dotted key -> ``(old, new)`` for every leaf that differs between two plain config dicts."""
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    flat_old, flat_new = flatten(old), flatten(new)
     return {key: (flat_old.get(key), flat_new.get(key)) for key in sorted(set(flat_old) | set(flat_new))
             if flat_old.get(key) != flat_new.get(key)}
 
@@ -374,11 +364,6 @@ def finish_run(run: Run) -> None:
         logger.removeHandler(run._log_handler)
         run._log_handler.close()
         run._log_handler = None
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module inside a ``DistributedDataParallel`` wrapper (or the module itself)."""
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def wrap_distributed(run: Run, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
