@@ -263,10 +263,10 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
     # the device, from a generator seeded by (seed, epoch, step, rank, micro-batch): reproducible and resumable.
     augmenter = DeviceAugment(cfg.data.multicrop) if cfg.data.augment_on == "device" else None
 
-    def forward(module: nn.Module, views: Views) -> dict[str, Tensor]:
+    def forward(module: nn.Module, batch: tuple[int, Views]) -> dict[str, Tensor]:
+        micro, views = batch  # the micro-batch's index within the step, and its views
         if augmenter is None:
             return module(views.to(device, non_blocking=True))
-        micro = next(index for index, batch in enumerate(micro_batches) if batch is views)
         seed = augment_seed(cfg.train.seed, step // steps_per_epoch, step, run.rank, micro)
         return module(augmenter(views.to(device, non_blocking=True), torch.Generator().manual_seed(seed)))
 
@@ -296,8 +296,8 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
                 for views in micro_batches:
                     skipped = views.extras.pop("skipped")
                     skipped_files.update(skipped[skipped >= 0].tolist())
-                terms = engine.optimizer_step(run, model, optimizer, scaler, micro_batches, forward, iteration=step,
-                                              clip_grad=cfg.optim.clip_grad)
+                terms = engine.optimizer_step(run, model, optimizer, scaler, enumerate(micro_batches), forward,
+                                              iteration=step, clip_grad=cfg.optim.clip_grad)
                 if pretrainer.teacher_backbone is not None:
                     pretrainer.update_teacher(pretrainer.objective.momentum_at(step, total_steps))
                 step += 1
