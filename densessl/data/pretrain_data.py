@@ -44,7 +44,7 @@ class ImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root: str | os.PathLike) -> None:
-        self.root = Path(root)
+        self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"image folder not found: {str(self.root)!r}")
         scan = _scan_images(self.root)
