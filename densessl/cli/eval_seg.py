@@ -32,6 +32,7 @@ dataset.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -53,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="print the resolved config (defaults <- YAML <- overrides <- flags) as YAML and exit")
     parser.add_argument("--weights",
                         help="backbone weights: backbone.safetensors/backbone.pt of a run, a training checkpoint, a "
-                             "timm state dict; or 'random' (required, here or in the config)")
+                             "timm state dict; 'random' (a random init); or 'edges' (the edge-only control of "
+                             "densessl.eval.edge_baseline) (required, here or in the config)")
     parser.add_argument("--arch", help="timm architecture, e.g. resnet18 (default: the one the weights file states; "
                                        "required with --weights random or a plain timm state dict)")
     parser.add_argument("--dataset", help="voc, ade20k, cityscapes, coco_stuff, folder or synthetic (required)")
@@ -167,15 +169,28 @@ def run(cfg: EvalSegConfig) -> dict[str, Any]:
         torch.set_num_threads(cfg.num_threads)
     device = cfg.features.device or ("cuda" if torch.cuda.is_available() else "cpu")
     protocol_cfg = cfg.protocol_config(device)
-    if cfg.weights != "random" and not os.path.exists(cfg.weights):
-        raise FileNotFoundError(f"weights file not found: {cfg.weights!r} (use --weights random for a random init)")
-    weights = None if cfg.weights == "random" else read_backbone_weights(cfg.weights)
-    arch = resolve_arch(cfg.arch, weights)
-    weights_source = "random init" if weights is None else weights.source
+    weights = None
+    if cfg.weights not in ("random", "edges"):  # checked before the (possibly slow) dataset scan
+        if not os.path.exists(cfg.weights):
+            raise FileNotFoundError(f"weights file not found: {cfg.weights!r} (use --weights random for a random "
+                                    f"init)")
+        weights = read_backbone_weights(cfg.weights)
+    if cfg.weights == "edges":
+        from densessl.eval.edge_baseline import EdgeFeatures
+
+        arch, weights_source = EdgeFeatures.arch, "edge-only control"
+    else:
+        arch = resolve_arch(cfg.arch, weights)
+        weights_source = "random init" if weights is None else weights.source
     train_ds, val_ds = _datasets(cfg)
     torch.manual_seed(cfg.seed)
-    backbone = DenseBackbone(arch, levels=protocol_cfg.levels, weights=weights).to(device)
-    del weights  # loaded into the backbone
+    backbone: torch.nn.Module
+    if cfg.weights == "edges":  # the edge-only control: no backbone, one level
+        backbone = EdgeFeatures().to(device)
+        protocol_cfg = dataclasses.replace(protocol_cfg, levels=(-1,))
+    else:
+        backbone = DenseBackbone(arch, levels=protocol_cfg.levels, weights=weights).to(device)
+        del weights  # loaded into the backbone
     start = time.perf_counter()
     if isinstance(protocol_cfg, LinearProbeConfig):
         result = run_linear_probe(backbone, train_ds, val_ds, protocol_cfg)
