@@ -1,38 +1,49 @@
-"""Quality table at small scale: the VICRegL paper's central ablation on the embedded synthetic data.
+"""Quality table at small scale: the VICRegL paper's central ablation, on the embedded synthetic scenes or on real
+photographs.
 
 Every variant is pretrained with the **same CPU budget** (same backbone, batch, epochs, image stream and seed) from
-the ResNet-18 synthetic recipe, then its frozen backbone is scored three ways on the synthetic segmentation split:
+the ResNet-18 recipe of the chosen data, then its frozen backbone is scored on that data's segmentation split:
 
-* ``linear``: linear-probe mIoU (``tools/eval_seg.py --protocol linear``, the demo's settings),
+* ``linear``: linear-probe mIoU (``densessl-eval-seg --protocol linear``),
 * ``knn``: dense kNN retrieval mIoU (``--protocol knn``),
 * ``match``: label-free learned-match precision (``densessl.diagnostics.match_precision_over_dataset``) between two
-  global views of ``--match-images`` val images, as ``tools/visualize_matches.py --precision-images N
-  --scene-size 128`` computes it (no photometric augmentation, 128 px scenes as in training): the fraction of
-  nearest-neighbour feature matches that land within one cell of the geometrically corresponding cell, in percent.
+  global views of ``--match-images`` val images (no photometric augmentation): the fraction of nearest-neighbour
+  feature matches that land within one cell of the geometrically corresponding cell, in percent.
 
-Variants (``--variants``; all VICRegL ones use ``configs/pretrain/vicregl_resnet18_synthetic.yaml``):
+``--data synthetic`` (default): the embedded scenes, ``configs/pretrain/*_resnet18_synthetic.yaml``, eval at 224 px on
+the last stage. ``--data photos``: the real-photograph benchmark of ``scripts/get_real_data.sh``
+(``densessl.data.photo_benchmark``; ``--data-root``, default ``$DENSESSL_DATA/photos`` or
+``~/.cache/densessl/photos``), ``configs/pretrain/*_resnet18_photos.yaml``, eval at 224 px with **two feature
+protocols**: the last stage alone (``last``, the VICRegL paper's linear protocol) and layer3 + layer4 concatenated
+(``l34``); every metric is reported for both. The photos table also has the ``edges`` row: the same probes on an
+edge-only feature map (``densessl.eval.edge_baseline``), the control that shows paste seams do not solve the task.
+
+Variants (``--variants``; all VICRegL ones use the VICRegL recipe of the data):
 
 ==============  ====================================================================================
 random          no pretraining: the random initialisation of the same seed
+edges           (photos only) no backbone: Sobel edge magnitudes pooled to stride 32 with 3x3 context
 vicreg          VICRegL with alpha = 1 (global VICReg criterion only; the paper's alpha = 1 row)
 vicregl_a0.9    alpha = 0.9
 vicregl_a0.75   alpha = 0.75 (the paper's default)
 geometric       alpha = 0.75, local term with the location (geometric) matching only
 learned         alpha = 0.75, local term with the feature (learned) matching only
-densecl         configs/pretrain/densecl_resnet18_synthetic.yaml, same epochs
-pixpro          configs/pretrain/pixpro_resnet18_synthetic.yaml, same epochs
+densecl         the DenseCL recipe of the data, same epochs
+pixpro          the PixPro recipe of the data, same epochs
 ==============  ====================================================================================
 
-Each (variant, seed) pretraining runs ``tools/train.py`` in a subprocess into ``--work-dir/<variant>_s<seed>``; a
-finished run (``backbone.pt`` present) is reused and an interrupted one resumed, so the script can be stopped and
-restarted. Evaluations are cached as JSON next to the run. The table shows mean ± sample standard deviation over
-seeds and the pretraining wall time.
+Each (variant, seed) pretraining runs ``densessl.cli.train`` in a subprocess into ``--work-dir/<variant>_s<seed>``;
+a finished run (``backbone.pt`` present) is reused and an interrupted one resumed, so the script can be stopped and
+restarted. Evaluations are cached as JSON next to the run. Runs go seed by seed (every variant of seed 0 first), so
+a partial run still gives a balanced table. The table shows mean ± sample standard deviation over seeds and the
+pretraining wall time.
 
 Usage::
 
-    .venv/bin/python benchmarks/quality.py                          # all variants, seeds 0 1, recipe epochs
+    .venv/bin/python benchmarks/quality.py                          # synthetic, all variants, seeds 0 1
     .venv/bin/python benchmarks/quality.py --seeds 0 1 2 --epochs 6
-    .venv/bin/python benchmarks/quality.py --variants random vicregl_a0.75 --seeds 0
+    bash scripts/get_real_data.sh && .venv/bin/python benchmarks/quality.py --data photos --seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py --data photos --variants random vicreg vicregl_a0.75 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -53,17 +64,27 @@ sys.path.insert(0, str(ROOT))
 
 from _common import RESULTS, machine_info  # noqa: E402
 
-RECIPE = "configs/pretrain/vicregl_resnet18_synthetic.yaml"
-VARIANTS: dict[str, tuple[str, list[str]]] = {
-    "random": ("", []),
-    "vicreg": (RECIPE, ["vicregl.alpha=1.0"]),
-    "vicregl_a0.9": (RECIPE, ["vicregl.alpha=0.9"]),
-    "vicregl_a0.75": (RECIPE, ["vicregl.alpha=0.75"]),
-    "geometric": (RECIPE, ["vicregl.alpha=0.75", "vicregl.local_matching=location"]),
-    "learned": (RECIPE, ["vicregl.alpha=0.75", "vicregl.local_matching=feature"]),
-    "densecl": ("configs/pretrain/densecl_resnet18_synthetic.yaml", []),
-    "pixpro": ("configs/pretrain/pixpro_resnet18_synthetic.yaml", []),
-}
+def variants(data: str) -> dict[str, tuple[str, list[str]]]:
+    """``variant -> (config, overrides)`` for one data set (``""``: no pretraining)."""
+    recipe = f"configs/pretrain/vicregl_resnet18_{data}.yaml"
+    table = {
+        "random": ("", []),
+        "vicreg": (recipe, ["vicregl.alpha=1.0"]),
+        "vicregl_a0.9": (recipe, ["vicregl.alpha=0.9"]),
+        "vicregl_a0.75": (recipe, ["vicregl.alpha=0.75"]),
+        "geometric": (recipe, ["vicregl.alpha=0.75", "vicregl.local_matching=location"]),
+        "learned": (recipe, ["vicregl.alpha=0.75", "vicregl.local_matching=feature"]),
+        "densecl": (f"configs/pretrain/densecl_resnet18_{data}.yaml", []),
+        "pixpro": (f"configs/pretrain/pixpro_resnet18_{data}.yaml", []),
+    }
+    if data == "photos":
+        table = {"random": table.pop("random"), "edges": ("", []), **table}
+    return table
+
+
+ALL_VARIANTS = list(variants("photos"))
+# Feature protocols per data set: name -> levels (DenseBackbone indices; -1 = last stage).
+PROTOCOL_LEVELS = {"synthetic": {"": [-1]}, "photos": {"last": [-1], "l34": [-2, -1]}}
 ARCH = "resnet18"
 
 
@@ -77,14 +98,17 @@ def run(cmd: list[str], log: Path, threads: int) -> None:
         raise RuntimeError(f"command failed ({code}): {' '.join(cmd)}\n--- {log} (tail) ---\n{tail}")
 
 
-def pretrain(variant: str, seed: int, run_dir: Path, epochs: int | None, threads: int) -> float:
+def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path, epochs: int | None,
+             threads: int) -> float:
     """Pretrain (or reuse / resume) one variant; returns the wall time of the pretraining in seconds."""
-    config, overrides = VARIANTS[variant]
+    config, overrides = variants(data)[variant]
+    if data == "photos":
+        overrides = [f"data.root={data_root / 'pretrain'}", *overrides]
     timing = run_dir / "pretrain_time.json"
     if (run_dir / "backbone.pt").exists() and timing.exists():
         return json.loads(timing.read_text())["seconds"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "tools/train.py", config, "--output-dir", str(run_dir), f"train.seed={seed}",
+    cmd = [sys.executable, "-m", "densessl.cli.train", config, "--output-dir", str(run_dir), f"train.seed={seed}",
            "train.progress=false", "train.diagnostics_every=0", "train.tensorboard=false", *overrides]
     if epochs is not None:
         cmd.append(f"train.epochs={epochs}")
@@ -97,17 +121,22 @@ def pretrain(variant: str, seed: int, run_dir: Path, epochs: int | None, threads
     return seconds
 
 
-def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int, threads: int) -> float:
+def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int, threads: int, data: str,
+             data_root: Path, levels: list[int]) -> float:
     """mIoU (percent) of one protocol, cached in ``out``."""
     if not out.exists():
-        cmd = [sys.executable, "tools/eval_seg.py", "--weights", weights, "--arch", ARCH, "--dataset", "synthetic",
+        arch = ["--arch", ARCH] if weights == "random" else []  # a run's export states its architecture
+        dataset = ["--dataset", "synthetic"] if data == "synthetic" else [
+            "--dataset", "folder", "--data-root", str(data_root / "seg")]
+        cmd = [sys.executable, "-m", "densessl.cli.eval_seg", "--weights", weights, *arch, *dataset,
                "--protocol", protocol, "--input-size", str(input_size), "--seed", str(seed), "--no-progress",
-               "--num-threads", str(threads), "--out", str(out)]
+               "--levels", *map(str, levels), "--num-threads", str(threads), "--out", str(out)]
         run(cmd, out.with_suffix(".log"), threads)
     return float(json.loads(out.read_text())["mIoU"])
 
 
-def match_score(weights: str | None, seed: int, images: int, size: int, out: Path) -> float:
+def match_score(weights: str | None, seed: int, images: int, size: int, out: Path, data: str,
+                data_root: Path) -> float:
     """Learned-match precision (percent) of the backbone's last map, cached in ``out``."""
     if out.exists():
         return float(json.loads(out.read_text())["precision"])
@@ -123,8 +152,14 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     # Same protocol as tools/visualize_matches.py --precision-images N --scene-size 128: synthetic val scenes of
     # seed 0, two global views per image without photometric augmentation, view seed 0 (the same views for every
     # variant and seed).
-    scenes = SyntheticScenes(images, size=(128, 128), seed=0, split="val")
-    pil = [scenes[i].image for i in range(len(scenes))]
+    if data == "synthetic":
+        scenes = SyntheticScenes(images, size=(128, 128), seed=0, split="val")
+        pil = [scenes[i].image for i in range(len(scenes))]
+    else:  # the first val composites of the photo benchmark
+        from densessl.data.images import load_image
+
+        files = sorted((data_root / "seg" / "images" / "val").glob("*.jpg"))[:images]
+        pil = [load_image(path) for path in files]
     config = MultiCropConfig(n_global=2, global_size=size, n_local=0)
     config.jitter_p, config.grayscale_p, config.blur_p, config.solarize_p = 0.0, 0.0, (0.0, 0.0), (0.0, 0.0)
     result = match_precision_over_dataset(backbone, pil, MultiCrop(config), seed=0, batch_size=8)
@@ -143,58 +178,83 @@ def mean_std(values: list[float]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--data", choices=["synthetic", "photos"], default="synthetic")
+    parser.add_argument("--data-root", type=Path, default=None,
+                        help="photo benchmark folder (default: $DENSESSL_DATA/photos or ~/.cache/densessl/photos)")
+    parser.add_argument("--variants", nargs="+", default=None, choices=ALL_VARIANTS,
+                        help="default: every variant of the data set")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the recipe's)")
     parser.add_argument("--input-size", type=int, default=224, help="segmentation eval input size")
     parser.add_argument("--match-images", type=int, default=64)
     parser.add_argument("--match-size", type=int, default=224, help="global view size for the match precision")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--work-dir", type=Path, default=HERE / "runs" / "quality")
-    parser.add_argument("--out", type=Path, default=RESULTS / "quality.json")
+    parser.add_argument("--work-dir", type=Path, default=None, help="default: benchmarks/runs/quality_<data>")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: results/quality.json (synthetic), results/quality_photos.json")
     args = parser.parse_args(argv)
+    table = variants(args.data)
+    chosen = args.variants or list(table)
+    unknown = [v for v in chosen if v not in table]
+    if unknown:
+        parser.error(f"variants {unknown} do not exist for --data {args.data}")
+    cache = Path(os.environ.get("DENSESSL_DATA", Path.home() / ".cache" / "densessl"))
+    data_root = (args.data_root or cache / "photos").expanduser()
+    if args.data == "photos" and not (data_root / "seg" / "classes.txt").is_file():
+        parser.error(f"no photo benchmark at {data_root}: run `bash scripts/get_real_data.sh` first "
+                     f"(or pass --data-root)")
+    work_dir = args.work_dir or HERE / "runs" / ("quality" if args.data == "synthetic" else f"quality_{args.data}")
+    out = args.out or RESULTS / ("quality.json" if args.data == "synthetic" else f"quality_{args.data}.json")
+    protocols = PROTOCOL_LEVELS[args.data]
 
     import torch
 
     torch.set_num_threads(args.threads)
     info = machine_info()
-    rows: dict[str, dict[str, list[float]]] = {}
-    for variant in args.variants:
-        for seed in args.seeds:
-            run_dir = args.work_dir / f"{variant}_s{seed}"
+    rows: dict[str, dict[str, list[float]]] = {v: {} for v in chosen}
+    for seed in args.seeds:
+        for variant in chosen:
+            run_dir = work_dir / f"{variant}_s{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
             seconds = 0.0
-            weights = None
-            if variant != "random":
-                seconds = pretrain(variant, seed, run_dir, args.epochs, args.threads)
+            weights = variant if variant in ("random", "edges") else None
+            if weights is None:
+                seconds = pretrain(variant, args.data, data_root, seed, run_dir, args.epochs, args.threads)
                 weights = str(run_dir / "backbone.pt")
-            scores = {
-                "linear": evaluate(weights or "random", seed, "linear", run_dir / "linear.json", args.input_size,
-                                   args.threads),
-                "knn": evaluate(weights or "random", seed, "knn", run_dir / "knn.json", args.input_size, args.threads),
-                "match": match_score(weights, seed, args.match_images, args.match_size, run_dir / "match.json"),
-                "pretrain_s": seconds,
-            }
+            scores: dict[str, float] = {}
+            for suffix, levels in protocols.items():
+                tag = f"_{suffix}" if suffix else ""
+                for protocol in ("linear", "knn"):
+                    scores[protocol + tag] = evaluate(weights, seed, protocol, run_dir / f"{protocol}{tag}.json",
+                                                      args.input_size, args.threads, args.data, data_root, levels)
+            if variant != "edges":
+                scores["match"] = match_score(None if weights == "random" else weights, seed, args.match_images,
+                                              args.match_size, run_dir / "match.json", args.data, data_root)
+            scores["pretrain_s"] = seconds
             print(f"{variant:14s} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
             for key, value in scores.items():
-                rows.setdefault(variant, {}).setdefault(key, []).append(value)
+                rows[variant].setdefault(key, []).append(value)
 
-    header = f"{'variant':14s} | {'linear mIoU':>14s} | {'kNN mIoU':>14s} | {'match prec.':>14s} | pretrain s"
+    columns = [c for c in next(iter(rows.values())) if c != "pretrain_s"]
+    for scores in rows.values():
+        columns += [c for c in scores if c not in columns and c != "pretrain_s"]
+    header = f"{'variant':14s} | " + " | ".join(f"{c:>14s}" for c in columns) + " | pretrain s"
     lines = [header, "-" * len(header)]
     for variant, scores in rows.items():
-        lines.append(f"{variant:14s} | {mean_std(scores['linear']):>14s} | {mean_std(scores['knn']):>14s} | "
-                     f"{mean_std(scores['match']):>14s} | {statistics.mean(scores['pretrain_s']):.0f}")
+        cells = " | ".join(f"{mean_std(scores.get(c, [])):>14s}" for c in columns)
+        lines.append(f"{variant:14s} | {cells} | {statistics.mean(scores.get('pretrain_s', [0.0])):.0f}")
     print("\n".join(lines))
     info["loadavg_end"] = list(os.getloadavg())
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({
         "machine": info,
-        "settings": {"seeds": args.seeds, "epochs": args.epochs, "input_size": args.input_size,
-                     "match_images": args.match_images, "match_size": args.match_size, "threads": args.threads,
-                     "variants": {v: VARIANTS[v] for v in args.variants}},
+        "settings": {"data": args.data, "seeds": args.seeds, "epochs": args.epochs, "input_size": args.input_size,
+                     "protocol_levels": protocols, "match_images": args.match_images,
+                     "match_size": args.match_size, "threads": args.threads,
+                     "variants": {v: table[v] for v in chosen}},
         "results": rows,
     }, indent=2))
-    print(f"wrote {args.out}")
+    print(f"wrote {out}")
     return 0
 
 
