@@ -178,9 +178,24 @@ def _make_optimizer(head: LinearSegHead, cfg: LinearProbeConfig) -> torch.optim.
     return torch.optim.AdamW(groups, lr=cfg.lr)
 
 
+def interpolation_matrix(size_in: int, size_out: int, device: torch.device | None = None) -> Tensor:
+    """``(size_in, size_out)`` matrix of 1-D linear interpolation with ``align_corners=False`` (torch's convention).
+
+    Bilinear upsampling is separable: ``F.interpolate(x, (H, W), mode="bilinear", align_corners=False)`` equals
+    ``einsum("bkhw,hH,wW->bkHW", x, interpolation_matrix(h, H), interpolation_matrix(w, W))`` up to float rounding.
+    The matrix form's backward is two matmuls; the backward of CPU ``upsample_bilinear2d`` is a scatter that took
+    ~90 % of a linear-probe step at 224 px (1.8 s of 2.1 s per step of 16 maps on 2 cores).
+    """
+    eye = torch.eye(size_in, device=device).reshape(size_in, 1, size_in, 1)
+    return F.interpolate(eye, size=(size_out, 1), mode="bilinear", align_corners=False).reshape(size_in, size_out)
+
+
 def _upsampled_logits(head: nn.Module, features: Tensor, size: tuple[int, int]) -> Tensor:
+    """Head logits ``(B, K, h, w)`` upsampled bilinearly (``align_corners=False``) to ``size``: ``(B, K, H, W)``."""
     logits = head(features)
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+    rows = interpolation_matrix(logits.shape[-2], size[0], logits.device).to(logits.dtype)
+    cols = interpolation_matrix(logits.shape[-1], size[1], logits.device).to(logits.dtype)
+    return torch.einsum("bkhw,hH,wW->bkHW", logits, rows, cols)
 
 
 def train_linear_head(

@@ -120,3 +120,14 @@ def test_linear_probe_rejects_mismatched_splits() -> None:
                          LinearProbeConfig(progress=False))
     with pytest.raises(ValueError, match="optimizer"):
         LinearProbeConfig(optimizer="lbfgs").validate()
+
+
+@pytest.mark.parametrize(("h", "w", "H", "W"), [(7, 7, 224, 224), (4, 6, 64, 96), (5, 3, 5, 3), (3, 4, 10, 7)])
+def test_matrix_upsampling_equals_bilinear_interpolate(h: int, w: int, H: int, W: int) -> None:
+    """The probe's separable-matrix upsampling is torch's bilinear ``align_corners=False`` interpolation."""
+    from densessl.eval.linear_seg import interpolation_matrix
+
+    x = torch.randn(2, 3, h, w)
+    expected = torch.nn.functional.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)
+    got = torch.einsum("bkhw,hH,wW->bkHW", x, interpolation_matrix(h, H), interpolation_matrix(w, W))
+    assert torch.allclose(got, expected, atol=1e-5)
