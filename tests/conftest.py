@@ -9,7 +9,14 @@ import torch
 
 # Under pytest-xdist (scripts/test.sh runs one worker per core) each worker computes on one thread; alone, on two.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+_THREADS = max(1, min(2, (os.cpu_count() or 1) // _WORKERS))
+torch.set_num_threads(_THREADS)
+# The processes the tests start (CLI runs, kill/resume runs, torchrun) inherit the same share. Left to OpenMP's default
+# (one thread per core in every child of every worker), the cores are oversubscribed and the spinning OpenMP threads
+# make a 7 s training subprocess take 30 s or more on a shared 2-core machine. An explicit setting is kept. (Only
+# OMP_NUM_THREADS: an MKL_NUM_THREADS that differs from it, e.g. where a tool sets OMP_NUM_THREADS=1, makes torch's
+# CPU kernels some 30x slower.)
+os.environ.setdefault("OMP_NUM_THREADS", str(_THREADS))
 
 
 @pytest.fixture(autouse=True)

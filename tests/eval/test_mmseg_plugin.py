@@ -268,7 +268,7 @@ def test_finetune_seg_tool_end_to_end(tmp_path: Path) -> None:
     options = [f"{k}={v}" for k, v in _tiny_run_options(tmp_path).items()]
     options.append(f"model.backbone.weights={weights}")
     work = tmp_path / "work"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    env = dict(os.environ)  # OMP_NUM_THREADS: this worker's share (tests/conftest.py)
     command = [sys.executable, str(REPO / "tools" / "finetune_seg.py"), str(SYNTHETIC_LINEAR),
                "--work-dir", str(work), "--cfg-options", *options]
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
