@@ -26,20 +26,24 @@ Every step is run even when an earlier one failed; each one's pass/fail, time an
 Sizes: on a GPU, the shipped ``pretrain/vicregl_resnet18_synthetic.yaml`` (ResNet-18, 96/64 px crops, batch 32) cut
 to 10 iterations (resume: 30); the whole check takes about 5-8 minutes on one GPU, most of it process start-up, the
 compile and the ResNet-50 benchmark. ``--tiny``: ``configs/pretrain/_tiny_test.yaml`` (ResNet-18, 48/32 px, batch 4),
-2 iterations, the benchmark with ResNet-18 at batch 2, 64/32 px crops, small heads and one round;
-``--device cpu --tiny`` runs in 1-2 minutes on 2 CPU cores (there, bf16/fp16 run in fp32 as the CPU recipe does, and
-the compile step is skipped: ``tests/train/test_compile.py`` covers it).
+2 iterations, the benchmark with ResNet-18 at batch 2, 64/32 px crops, small heads and one round. With ``--tiny``
+the single-process steps (fp32 ... augment, overhead) call the same ``main(argv)`` in this process, one after the
+other, instead of starting a Python (and importing torch) for each; torchrun and resume keep their own processes (a
+real launcher, real signals). ``--fresh-processes`` runs every step in its own process as without ``--tiny``.
+``--device cpu --tiny`` runs in about half a minute on 2 CPU cores (there, bf16/fp16 run in fp32 as the CPU recipe
+does, the compile step is skipped: ``tests/train/test_compile.py`` covers it, and resume runs 16 iterations).
 
 Usage::
 
     bash benchmarks/gpu_check.sh                          # on a GPU machine: everything, results in runs/gpu_check
-    bash benchmarks/gpu_check.sh --device cpu --tiny      # the same paths on a CPU in 1-2 minutes
+    bash benchmarks/gpu_check.sh --device cpu --tiny      # the same paths on a CPU in about half a minute
     bash benchmarks/gpu_check.sh --only fp16 resume       # a subset (after fixing something)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -50,7 +54,8 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +80,12 @@ class Settings:
     out: Path
     threads: int | None
     python: str = sys.executable
+    fresh_processes: bool = False  # with --tiny: every step in its own process anyway
+
+    @property
+    def in_process(self) -> bool:
+        """The single-process steps call ``main(argv)`` here instead of starting a process (``--tiny``)."""
+        return self.tiny and not self.fresh_processes
 
     @property
     def config(self) -> Path:
@@ -86,7 +97,9 @@ class Settings:
 
     @property
     def resume_iterations(self) -> int:
-        return 30
+        # --device cpu --tiny: 16 (a step there takes 0.1-0.3 s, the signals land by iteration ~8); elsewhere 30, which
+        # leaves room for the 50 ms polling when a GPU runs a tiny step in a few milliseconds.
+        return 16 if self.tiny and self.device == "cpu" else 30
 
     @property
     def timeout(self) -> int:
@@ -182,14 +195,78 @@ def run(cmd: list[str], settings: Settings, result: StepResult, *, timeout: floa
     return _wait(_start(cmd, settings, log), timeout or settings.timeout, until, send)
 
 
+@contextlib.contextmanager
+def _redirected(log: Path) -> Iterator[None]:
+    """This process's stdout and stderr (file descriptors 1 and 2, so C++ warnings too) appended to ``log``."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        with log.open("a", encoding="utf-8") as stream:
+            os.dup2(stream.fileno(), 1)
+            os.dup2(stream.fileno(), 2)
+            try:
+                yield
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os.dup2(saved[0], 1)
+                os.dup2(saved[1], 2)
+    finally:
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def run_in_process(main: Callable[[list[str]], int | None], argv: list[str], shown: list[str], settings: Settings,
+                   result: StepResult) -> int:
+    """``main(argv)`` in this process, its output in the step's log; returns what the process's exit code would be.
+
+    The command line ``shown`` is what the step would run as a process (recorded, and written to the log). Torch's
+    thread count and the logging handlers the command adds are restored afterwards.
+    """
+    import logging
+
+    import torch
+
+    log = settings.out / "logs" / f"{result.step}.log"
+    result.log = str(log)
+    result.commands.append(" ".join(shown) + "  (in the gpu_check process)")
+    root = logging.getLogger()
+    handlers, level, threads = list(root.handlers), root.level, torch.get_num_threads()
+    with _redirected(log):
+        print(f"$ {' '.join(shown)}  (in the gpu_check process)", flush=True)
+        if settings.threads:
+            torch.set_num_threads(settings.threads)
+        try:
+            code = main(argv)
+        except SystemExit as error:  # argparse
+            code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
+        except Exception:  # noqa: BLE001 (the crash a process would print, and its exit code)
+            traceback.print_exc()
+            code = 1
+        finally:
+            torch.set_num_threads(threads)
+            for handler in root.handlers[:]:
+                if handler not in handlers:
+                    root.removeHandler(handler)
+            root.setLevel(level)
+    return int(code or 0)
+
+
+def train_args(settings: Settings, run_dir: Path, overrides: list[str], *, resume: str | None = None) -> list[str]:
+    """The arguments of ``densessl.cli.train`` for a step."""
+    args = [str(settings.config), *settings.overrides(), *overrides, "--output-dir", str(run_dir)]
+    return [*args, "--resume", resume] if resume else args
+
+
 def train_cmd(settings: Settings, run_dir: Path, overrides: list[str], *, torchrun: bool = False,
               resume: str | None = None) -> list[str]:
     launcher = [settings.python, "-m", "densessl.cli.train"]
     if torchrun:
         launcher = [settings.python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1", "-m",
                     "densessl.cli.train"]
-    cmd = [*launcher, str(settings.config), *settings.overrides(), *overrides, "--output-dir", str(run_dir)]
-    return [*cmd, "--resume", resume] if resume else cmd
+    return [*launcher, *train_args(settings, run_dir, overrides, resume=resume)]
 
 
 # --------------------------------------------------------------------------- #
@@ -277,8 +354,14 @@ class Checker:
     def simple(self, result: StepResult, overrides: list[str], **kwargs: Any) -> dict[str, Any]:
         run_dir = self.run_dir(result.step)
         iterations = self.s.iterations
-        code, _ = run(train_cmd(self.s, run_dir, [f"train.max_iters={iterations}", *overrides], **kwargs), self.s,
-                      result)
+        overrides = [f"train.max_iters={iterations}", *overrides]
+        cmd = train_cmd(self.s, run_dir, overrides, **kwargs)
+        if self.s.in_process and not kwargs.get("torchrun"):
+            from densessl.cli.train import main
+
+            code = run_in_process(main, train_args(self.s, run_dir, overrides), cmd, self.s, result)
+        else:
+            code, _ = run(cmd, self.s, result)
         if code != 0:
             raise StepFailed(f"exit code {code}")
         return check_run(run_dir, iterations, result)
@@ -405,9 +488,15 @@ class Checker:
         rows, notes = [], []
         for precision in precisions:
             path = self.s.out / f"objective_overhead_{precision}.json"
-            cmd = [self.s.python, str(HERE / "objective_overhead.py"), *args, "--objectives", "vicregl", "--no-profile",
-                   "--no-loss-only", "--device", self.s.device, "--precision", precision, "--out", str(path)]
-            code, _ = run(cmd, self.s, result, timeout=600 if not self.s.tiny else self.s.timeout)
+            argv = [*args, "--objectives", "vicregl", "--no-profile", "--no-loss-only", "--device", self.s.device,
+                    "--precision", precision, "--out", str(path)]
+            cmd = [self.s.python, str(HERE / "objective_overhead.py"), *argv]
+            if self.s.in_process:
+                from objective_overhead import main as overhead_main
+
+                code = run_in_process(overhead_main, argv, cmd, self.s, result)
+            else:
+                code, _ = run(cmd, self.s, result, timeout=600 if not self.s.tiny else self.s.timeout)
             if code != 0:
                 raise StepFailed(f"objective_overhead.py ({precision}): exit code {code}")
             arch = json.loads(path.read_text(encoding="utf-8"))["archs"][0]
@@ -477,12 +566,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=STEPS, metavar="STEP",
                         help=f"run only these steps ({', '.join(STEPS)}); compile and channels_last compare with "
                              f"fp32 when it runs too")
+    parser.add_argument("--fresh-processes", action="store_true",
+                        help="with --tiny: run every step in its own process (without --tiny they always do)")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP threads per process (default: torch's; 1 with --device cpu --tiny, which is faster "
                              "on a small shared CPU)")
     args = parser.parse_args(argv)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" and args.tiny else None)
-    settings = Settings(device=args.device, tiny=args.tiny, out=Path(args.out).resolve(), threads=threads)
+    settings = Settings(device=args.device, tiny=args.tiny, out=Path(args.out).resolve(), threads=threads,
+                        fresh_processes=args.fresh_processes)
     if _foreign(settings.out):
         print(f"error: --out {settings.out} holds files of something else; pick a new or empty folder",
               file=sys.stderr)
@@ -527,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     text = render(results, settings, info, wall)
     payload = {"benchmark": "gpu_check", "machine": info, "wall_s": wall,
                "settings": {"device": settings.device, "tiny": settings.tiny, "threads": settings.threads,
+                            "in_process": settings.in_process,
                             "config": str(settings.config), "iterations": settings.iterations,
                             "resume_iterations": settings.resume_iterations},
                "passed": all(r.status != "fail" for r in results),

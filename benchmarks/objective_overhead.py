@@ -384,7 +384,7 @@ def explain(results: dict[str, Any], loss: dict[str, Any], what_if: dict[str, An
     )
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=["resnet50"], help="timm backbones (default resnet50)")
     parser.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=list(OBJECTIVES))
@@ -405,7 +405,7 @@ def main() -> None:
     parser.add_argument("--no-loss-only", action="store_true", help="skip the loss-only block (full steps only)")
     parser.add_argument("--quick", action="store_true", help="batch 4, 3 rounds, no profile")
     parser.add_argument("--out", default=None, help="JSON path (default results/objective_overhead.json)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.batch, args.repeats, args.no_profile = 4, 3, True
     if args.threads:

@@ -1,8 +1,9 @@
 """``benchmarks/gpu_check.sh --device cpu --tiny``: every step of the GPU check runs and passes on the CPU.
 
-About 65 s on 2 CPU cores (nine short training processes, a SIGTERM/SIGKILL/resume sequence and the tiny overhead
-benchmark). The compile step is skipped there (``tests/train/test_compile.py`` covers it); ``augment_on_device`` runs
-when this checkout's ``DataConfig`` has ``augment_on``.
+About 35 s on 2 CPU cores: with ``--tiny`` the single-process steps (fp32, bf16, fp16, channels_last, augment, the
+tiny overhead benchmark) run one after the other in the check's own process; torchrun and the SIGTERM/SIGKILL/resume
+sequence start real processes. The compile step is skipped there (``tests/train/test_compile.py`` covers it);
+``augment_on_device`` runs when this checkout's ``DataConfig`` has ``augment_on``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def test_gpu_check_tiny_on_cpu_passes_every_step(tmp_path: Path) -> None:
     assert status == {"fp32": "pass", "bf16": "pass", "fp16": "pass", "channels_last": "pass", "compile": "skipped",
                       "augment_on_device": "pass" if has_augment_on else "skipped", "torchrun": "pass",
                       "resume": "pass", "overhead": "pass"}, proc.stdout[-4000:]
-    assert report["passed"] is True
+    assert report["passed"] is True and report["settings"]["in_process"] is True
     steps = {step["step"]: step for step in report["steps"]}
+    assert "iteration 2/2" in (out / "logs" / "fp32.log").read_text()  # an in-process step's output is in its log
     assert "covered by tests/train/test_compile.py" in steps["compile"]["note"]
     assert steps["resume"]["iterations"] == report["settings"]["resume_iterations"]
     assert steps["resume"]["extra"]["sigterm_checkpoint"] < steps["resume"]["iterations"]
