@@ -168,6 +168,33 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     return 100 * result.precision
 
 
+def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_root: Path, out: Path) -> dict:
+    """RankMe of the pooled and of the dense last-stage features on ``images`` val images at 224 px, cached."""
+    if out.exists():
+        return json.loads(out.read_text())
+    import torch
+
+    from densessl.backbones import DenseBackbone
+    from densessl.data.seg_readers import build_segmentation_dataset
+    from densessl.diagnostics import dense_rankme, rankme
+    from densessl.eval.features import SegEvalTransform
+
+    torch.manual_seed(seed)
+    backbone = DenseBackbone(ARCH, weights=weights).eval()
+    if data == "synthetic":
+        dataset = build_segmentation_dataset("synthetic", None, "val", num_images=images, size=(128, 128), seed=0)
+    else:
+        dataset = build_segmentation_dataset("folder", str(data_root / "seg"), "val")
+    transform = SegEvalTransform(224)
+    batch = torch.stack([transform(dataset[i])[0] for i in range(min(images, len(dataset)))])
+    with torch.no_grad():
+        features = backbone(batch)
+    result = {"rankme_pooled": rankme(features.pooled), "rankme_dense": dense_rankme(features.maps[-1]),
+              "images": int(batch.shape[0])}
+    out.write_text(json.dumps(result))
+    return result
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -188,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input-size", type=int, default=224, help="segmentation eval input size")
     parser.add_argument("--match-images", type=int, default=64)
     parser.add_argument("--match-size", type=int, default=224, help="global view size for the match precision")
+    parser.add_argument("--protocols", nargs="+", default=None,
+                        help="feature protocols to evaluate (photos: last l34; default: all of the data set)")
+    parser.add_argument("--no-match", action="store_true", help="skip the match precision")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: benchmarks/runs/quality_<data>")
     parser.add_argument("--out", type=Path, default=None,
@@ -206,6 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = args.work_dir or HERE / "runs" / ("quality" if args.data == "synthetic" else f"quality_{args.data}")
     out = args.out or RESULTS / ("quality.json" if args.data == "synthetic" else f"quality_{args.data}.json")
     protocols = PROTOCOL_LEVELS[args.data]
+    if args.protocols:
+        unknown = [p for p in args.protocols if p not in protocols]
+        if unknown:
+            parser.error(f"protocols {unknown} do not exist for --data {args.data} (choose from {list(protocols)})")
+        protocols = {p: protocols[p] for p in args.protocols}
 
     import torch
 
@@ -227,9 +262,12 @@ def main(argv: list[str] | None = None) -> int:
                 for protocol in ("linear", "knn"):
                     scores[protocol + tag] = evaluate(weights, seed, protocol, run_dir / f"{protocol}{tag}.json",
                                                       args.input_size, args.threads, args.data, data_root, levels)
-            if variant != "edges":
+            if variant != "edges" and not args.no_match:
                 scores["match"] = match_score(None if weights == "random" else weights, seed, args.match_images,
                                               args.match_size, run_dir / "match.json", args.data, data_root)
+                ranks = rankme_scores(None if weights == "random" else weights, seed, args.match_images, args.data,
+                                      data_root, run_dir / "rankme.json")
+                scores["rankme_dense"] = ranks["rankme_dense"]
             scores["pretrain_s"] = seconds
             print(f"{variant:14s} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
             for key, value in scores.items():
