@@ -258,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
                 weights = str(run_dir / "backbone.pt")
             scores: dict[str, float] = {}
             for suffix, levels in protocols.items():
+                if variant == "edges" and suffix == "l34":
+                    continue  # one level only: identical to the last-stage protocol
                 tag = f"_{suffix}" if suffix else ""
                 for protocol in ("linear", "knn"):
                     scores[protocol + tag] = evaluate(weights, seed, protocol, run_dir / f"{protocol}{tag}.json",
