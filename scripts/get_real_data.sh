@@ -26,7 +26,10 @@ for pkg in "${DEBS[@]}"; do
     [ -f "$SOURCES/$pkg/.unpacked" ] && continue
     command -v apt-get >/dev/null || { echo "[real-data] apt-get not found: this step needs Debian's $pkg" >&2; exit 1; }
     echo "[real-data] fetching Debian package $pkg"
-    (cd "$CACHE/downloads" && ls "${pkg}"_*.deb >/dev/null 2>&1 || apt-get download "$pkg")
+    # apt-get download needs the package lists; on a fresh machine they may be empty: refresh once and retry.
+    (cd "$CACHE/downloads" && { ls "${pkg}"_*.deb >/dev/null 2>&1 || apt-get download "$pkg" \
+        || { apt-get update -qq && apt-get download "$pkg"; } \
+        || { echo "[real-data] could not download Debian's $pkg (apt-get update needs root)" >&2; exit 1; }; })
     rm -rf "$SOURCES/$pkg" && mkdir -p "$SOURCES/$pkg"
     dpkg-deb -x "$(ls "$CACHE/downloads/${pkg}"_*.deb | head -1)" "$SOURCES/$pkg"
     touch "$SOURCES/$pkg/.unpacked"
