@@ -265,10 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                     scores[protocol + tag] = evaluate(weights, seed, protocol, run_dir / f"{protocol}{tag}.json",
                                                       args.input_size, args.threads, args.data, data_root, levels)
             if variant != "edges" and not args.no_match:
-                scores["match"] = match_score(None if weights == "random" else weights, seed, args.match_images,
-                                              args.match_size, run_dir / "match.json", args.data, data_root)
-                ranks = rankme_scores(None if weights == "random" else weights, seed, args.match_images, args.data,
-                                      data_root, run_dir / "rankme.json")
+                file = None if weights == "random" else weights  # None: the random init of this seed
+                scores["match"] = match_score(file, seed, args.match_images, args.match_size, run_dir / "match.json",
+                                              args.data, data_root)
+                ranks = rankme_scores(file, seed, args.match_images, args.data, data_root, run_dir / "rankme.json")
                 scores["rankme_dense"] = ranks["rankme_dense"]
             scores["pretrain_s"] = seconds
             print(f"{variant:14s} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)

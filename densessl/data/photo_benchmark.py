@@ -38,6 +38,7 @@ import json
 import random
 import sys
 from collections.abc import Sequence
+from io import BytesIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,14 +75,16 @@ PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 # ----------------------------------------------------------------------------------------------------------- photos
-def _thumbnail(path: Path, size: int = 256) -> np.ndarray | None:
-    """``(h, w, 3)`` float32 RGB thumbnail (long side ``size``), or None if the file is unreadable."""
+def _thumbnail(path: Path, size: int = 256) -> tuple[tuple[int, int], np.ndarray] | None:
+    """The file's full ``(W, H)`` and an ``(h, w, 3)`` float32 RGB thumbnail (long side ``size``), from one open;
+    None if the file is unreadable."""
     try:
         with Image.open(path) as image:
+            full_size = image.size
             image.draft("RGB", (size, size))
             image = image.convert("RGB")
             image.thumbnail((size, size))
-            return np.asarray(image, dtype=np.float32)
+            return full_size, np.asarray(image, dtype=np.float32)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None
 
@@ -116,15 +119,11 @@ def collect_photos(roots: Sequence[Path], min_side: int = 240) -> list[Path]:
     candidates: list[tuple[int, Path, int]] = []  # (pixels, path, hash)
     for root in roots:
         for path in sorted(p for p in Path(root).rglob("*") if p.suffix.lower() in PHOTO_EXTENSIONS):
-            try:
-                with Image.open(path) as image:
-                    width, height = image.size
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+            read = _thumbnail(path)
+            if read is None:
                 continue
-            if min(width, height) < min_side:
-                continue
-            rgb = _thumbnail(path)
-            if rgb is None or not is_photo(rgb):
+            (width, height), rgb = read
+            if min(width, height) < min_side or not is_photo(rgb):
                 continue
             candidates.append((width * height, path, _average_hash(rgb)))
     candidates.sort(key=lambda item: (-item[0], str(item[1])))
@@ -242,8 +241,6 @@ def compose_scene(background: Image.Image, stamps: Sequence[tuple[Image.Image, i
         owner[y0:y1, x0:x1][inside] = index
     image = Image.fromarray(scene.round().astype(np.uint8)).filter(ImageFilter.GaussianBlur(0.5))
     # One JPEG round trip for the whole scene: object and background share the compression noise.
-    from io import BytesIO
-
     buffer = BytesIO()
     image.save(buffer, format="JPEG", quality=jpeg_quality)
     buffer.seek(0)
