@@ -139,6 +139,7 @@ class Run:
     _recent_losses: deque = field(default_factory=lambda: deque(maxlen=50), repr=False)
     _loss_stable: bool = True
     _jump_warned_at: int | None = None
+    _owns_process_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -284,7 +285,9 @@ def start_run(
         ResumeError, FileExistsError: See ``resolve_resume``; a damaged checkpoint; a breaking config change.
         ValueError: No CUDA device for ``device=cuda``.
     """
+    owns_group = dist.is_available() and not dist.is_initialized()
     rank, world_size, local_rank = _init_distributed(device)
+    owns_group = owns_group and dist.is_initialized()
     torch_device = _resolve_device(device, local_rank)
     amp_dtype = _resolve_precision(precision, torch_device)
     run_dir = Path(run_dir)
@@ -299,7 +302,7 @@ def start_run(
                                        run_dir / "checkpoints" / "last.pt")
     run = Run(run_dir=run_dir, recipe=recipe, device=torch_device, amp_dtype=amp_dtype, rank=rank,
               world_size=world_size, local_rank=local_rank, state=state, log_every=max(1, int(log_every)),
-              config=config)
+              config=config, _owns_process_group=owns_group)
     if run.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         sweep_temporary_files(run_dir / "checkpoints")
@@ -349,7 +352,12 @@ def _signal_handler(run: Run) -> Callable[[int, Any], None]:
 
 
 def finish_run(run: Run) -> None:
-    """Close the run's files and restore the signal handlers (call in a ``finally``)."""
+    """Close the run's files, restore the signal handlers and leave the process group ``start_run`` joined.
+
+    Call in a ``finally``. Destroying the gloo/NCCL group here, not at interpreter exit, matters: a process that
+    exits with the group alive can abort in the C++ teardown ("terminate called without an active exception",
+    SIGABRT; pytorch/pytorch#190489), and ``torchrun`` then kills its peers mid-save.
+    """
     for signum, handler in run._previous_handlers.items():
         signal.signal(signum, handler)
     run._previous_handlers.clear()
@@ -364,6 +372,9 @@ def finish_run(run: Run) -> None:
         logger.removeHandler(run._log_handler)
         run._log_handler.close()
         run._log_handler = None
+    if run._owns_process_group and dist.is_initialized():
+        dist.destroy_process_group()
+        run._owns_process_group = False
 
 
 def wrap_distributed(run: Run, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
