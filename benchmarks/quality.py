@@ -121,13 +121,18 @@ def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path,
     return seconds
 
 
+def seg_root(data_root: Path, view: str) -> Path:
+    """The segmentation folder of a photo-benchmark label view (``groups``: the benchmark itself)."""
+    return data_root / "seg" if view == "groups" else data_root / "views" / view
+
+
 def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int, threads: int, data: str,
-             data_root: Path, levels: list[int]) -> float:
+             data_root: Path, levels: list[int], view: str = "groups") -> float:
     """mIoU (percent) of one protocol, cached in ``out``."""
     if not out.exists():
         arch = ["--arch", ARCH] if weights == "random" else []  # a run's export states its architecture
         dataset = ["--dataset", "synthetic"] if data == "synthetic" else [
-            "--dataset", "folder", "--data-root", str(data_root / "seg")]
+            "--dataset", "folder", "--data-root", str(seg_root(data_root, view))]
         cmd = [sys.executable, "-m", "densessl.cli.eval_seg", "--weights", weights, *arch, *dataset,
                "--protocol", protocol, "--input-size", str(input_size), "--seed", str(seed), "--no-progress",
                "--levels", *map(str, levels), "--num-threads", str(threads), "--out", str(out)]
@@ -213,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the recipe's)")
     parser.add_argument("--input-size", type=int, default=224, help="segmentation eval input size")
+    parser.add_argument("--view", default="groups", choices=["groups", "figure", "coarse", "seen"],
+                        help="photos: the label view to evaluate (groups: the benchmark's 9 groups; the others are "
+                             "the diagnostic views of densessl.data.photo_benchmark.build_views)")
     parser.add_argument("--match-images", type=int, default=64)
     parser.add_argument("--match-size", type=int, default=224, help="global view size for the match precision")
     parser.add_argument("--protocols", nargs="+", default=None,
@@ -233,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "photos" and not (data_root / "seg" / "classes.txt").is_file():
         parser.error(f"no photo benchmark at {data_root}: run `bash scripts/get_real_data.sh` first "
                      f"(or pass --data-root)")
+    view_root = seg_root(data_root, args.view)
+    if args.view != "groups" and (args.data != "photos" or not (view_root / "classes.txt").is_file()):
+        parser.error(f"--view {args.view} needs --data photos and the benchmark's label views at {view_root}: run "
+                     f"`bash scripts/get_real_data.sh` (it adds them to a built benchmark)")
     work_dir = args.work_dir or HERE / "runs" / ("quality" if args.data == "synthetic" else f"quality_{args.data}")
     out = args.out or RESULTS / ("quality.json" if args.data == "synthetic" else f"quality_{args.data}.json")
     protocols = PROTOCOL_LEVELS[args.data]
@@ -261,9 +273,12 @@ def main(argv: list[str] | None = None) -> int:
                 if variant == "edges" and suffix == "l34":
                     continue  # one level only: identical to the last-stage protocol
                 tag = f"_{suffix}" if suffix else ""
+                tag += (f"_{args.view}" if args.view != "groups" else "") + (
+                    f"_{args.input_size}" if args.input_size != 224 else "")  # cache files of other settings
                 for protocol in ("linear", "knn"):
                     scores[protocol + tag] = evaluate(weights, seed, protocol, run_dir / f"{protocol}{tag}.json",
-                                                      args.input_size, args.threads, args.data, data_root, levels)
+                                                      args.input_size, args.threads, args.data, data_root, levels,
+                                                      args.view)
             if variant != "edges" and not args.no_match:
                 file = None if weights == "random" else weights  # None: the random init of this seed
                 scores["match"] = match_score(file, seed, args.match_images, args.match_size, run_dir / "match.json",
@@ -288,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": info,
-        "settings": {"data": args.data, "seeds": args.seeds, "epochs": args.epochs, "input_size": args.input_size,
+        "settings": {"data": args.data, "view": args.view, "seeds": args.seeds, "epochs": args.epochs,
+                     "input_size": args.input_size,
                      "protocol_levels": protocols, "match_images": args.match_images,
                      "match_size": args.match_size, "threads": args.threads,
                      "variants": {v: table[v] for v in chosen}},

@@ -16,6 +16,11 @@ WHEELS=(mvtb-data scikit-image)
 mkdir -p "$CACHE/downloads" "$SOURCES"
 
 if [ -f "$OUT/counts.json" ]; then
+    if [ ! -f "$OUT/views/seen/classes.txt" ]; then  # built before the label views existed: add them
+        bash scripts/setup.sh test
+        echo "[real-data] adding the diagnostic label views to $OUT"
+        .venv/bin/python -m densessl.data.photo_benchmark --sources "$SOURCES" --out "$OUT" --views-only
+    fi
     echo "[real-data] $OUT is built (delete it to rebuild): $(cat "$OUT/counts.json" | tr -d '\n ')"
     exit 0
 fi
@@ -50,6 +55,6 @@ done
 
 echo "[real-data] building the benchmark in $OUT (about 2 minutes)"
 rm -rf "$OUT.partial"
-$PY -m densessl.data.photo_benchmark --sources "$SOURCES" --out "$OUT.partial"
+$PY -m densessl.data.photo_benchmark --sources "$SOURCES" --out "$OUT.partial" --views
 rm -rf "$OUT" && mv "$OUT.partial" "$OUT"
-echo "[real-data] done: $OUT/pretrain (pretraining pool), $OUT/seg (segmentation + COCO instances)"
+echo "[real-data] done: $OUT/pretrain (pretraining pool), $OUT/seg (segmentation + COCO instances), $OUT/views"

@@ -15,6 +15,7 @@ Layout written to ``--out`` (every file is derived deterministically from the so
     seg/instances/{train,val}/NNNNN.png   instance ids (0 = none, k = k-th pasted object still visible)
     seg/annotations/instances_{train,val}.json   COCO boxes + RLE masks (category id = class index)
     SOURCES.txt          every photo and stamp used, with its package
+    views/{figure,coarse,seen}/   with --views: diagnostic label views of the same scenes (``build_views``)
 
 Composites: each scene is a random crop of a background photo (train and val use disjoint background photos) with
 1-4 object cut-outs (train and val use disjoint cut-outs of each group; a class is drawn uniformly, then one of
@@ -35,6 +36,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import random
 import sys
 from collections.abc import Sequence
@@ -50,7 +52,10 @@ __all__ = [
     "STAMP_GROUPS",
     "Stamp",
     "Scene",
+    "COARSE_GROUPS",
+    "LABEL_VIEWS",
     "build",
+    "build_views",
     "collect_photos",
     "collect_stamps",
     "compose_scene",
@@ -70,6 +75,18 @@ STAMP_GROUPS: dict[str, tuple[str, ...]] = {
     "household": ("household",),
 }
 CLASSES: tuple[str, ...] = ("background", *STAMP_GROUPS)
+COARSE_GROUPS: dict[str, tuple[str, ...]] = {
+    "animal": ("bird", "mammal", "fish", "insect"),
+    "plant": ("fruit", "vegetable", "flower"),
+    "object": ("vehicle", "household"),
+}
+# Diagnostic views (``build_views``): name -> (classes, class index of each of CLASSES).
+LABEL_VIEWS: dict[str, tuple[tuple[str, ...], tuple[int, ...]]] = {
+    "figure": (("background", "object"), (0,) + (1,) * len(STAMP_GROUPS)),
+    "coarse": (("background", *COARSE_GROUPS),
+               (0, *(1 + [name in members for members in COARSE_GROUPS.values()].index(True)
+                     for name in STAMP_GROUPS))),
+}
 SCENE_SIZE = (400, 300)  # (W, H)
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -290,17 +307,13 @@ def _save_photo(path: Path, out: Path, max_short_side: int = 480) -> None:
     image.save(out, quality=92)
 
 
-def build(sources: Path, out: Path, train_scenes: int = 400, val_scenes: int = 150, val_fraction: float = 0.25,
-          seed: int = 0, progress: bool = True) -> dict[str, int]:
-    """Build the benchmark from unpacked packages under ``sources`` into ``out``; returns counts per part.
-
-    ``sources`` holds one folder per package; the Tux Paint stamps are found as ``**/tuxpaint/stamps``, photos are
-    searched in every other package folder.
+def _split_sources(sources: Path, val_fraction: float) -> tuple[dict[str, list[Path]], dict[str, list[Stamp]],
+                                                                  dict[Path, str]]:
+    """Photos and cut-outs under ``sources`` split into train/val (disjoint), and each photo's relative name.
 
     Raises:
-        FileNotFoundError: No Tux Paint stamps folder, or no photographs, under ``sources``.
+        FileNotFoundError: No Tux Paint stamps folder, no photographs, or an empty split.
     """
-    sources, out = Path(sources), Path(out)
     stamp_roots = sorted(sources.glob("**/tuxpaint/stamps"))
     if not stamp_roots:
         raise FileNotFoundError(f"no tuxpaint/stamps folder under {sources}: unpack the Debian package "
@@ -322,7 +335,61 @@ def build(sources: Path, out: Path, train_scenes: int = 400, val_scenes: int = 1
         if not split_photos[split] or not split_stamps[split]:
             raise FileNotFoundError(f"not enough sources for the {split} split: {len(split_photos[split])} photos, "
                                     f"{len(split_stamps[split])} cut-outs")
+    return split_photos, split_stamps, rel
 
+
+def _write_scenes(seg: Path, split: str, photos: Sequence[Path], stamps: Sequence[Stamp], total: int, rng_key: str,
+                  pretrain: Path | None = None, progress: bool = True) -> list[tuple[str, Scene]]:
+    """Compose ``total`` scenes into ``seg/{images,masks,instances}/<split>/`` (and ``pretrain/scene_*.jpg``)."""
+    rng = random.Random(rng_key)
+    for folder in ("images", "masks", "instances"):
+        (seg / folder / split).mkdir(parents=True, exist_ok=True)
+    by_label: dict[int, list[Stamp]] = {}
+    for stamp in stamps:
+        by_label.setdefault(stamp.label, []).append(stamp)
+    labels = sorted(by_label)
+    cache: dict[Path, Image.Image] = {}
+    records = []
+    iterator = range(total)
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(iterator, desc=f"{split} scenes", leave=False, disable=not sys.stderr.isatty())
+    for k in iterator:
+        photo_path = rng.choice(photos)
+        if photo_path not in cache:
+            with Image.open(photo_path) as image:
+                image.draft("RGB", (1600, 1200))
+                cache[photo_path] = image.convert("RGB")
+        # Class first, then a cut-out of it: every class is about equally frequent whatever its cut-out count.
+        chosen = [rng.choice(by_label[rng.choice(labels)]) for _ in range(rng.randint(1, 4))]
+        pasted = []
+        for stamp in chosen:
+            with Image.open(stamp.path) as image:
+                pasted.append((image.convert("RGBA"), stamp.label))
+        scene = compose_scene(cache[photo_path], pasted, rng)
+        name = f"{k:05d}"
+        scene.image.save(seg / "images" / split / f"{name}.jpg", quality=95)
+        Image.fromarray(scene.semantic).save(seg / "masks" / split / f"{name}.png")
+        Image.fromarray(scene.instances).save(seg / "instances" / split / f"{name}.png")
+        if pretrain is not None:
+            scene.image.save(pretrain / f"scene_{name}.jpg", quality=95)
+        records.append((f"{name}.jpg", scene))
+    return records
+
+
+def build(sources: Path, out: Path, train_scenes: int = 400, val_scenes: int = 150, val_fraction: float = 0.25,
+          seed: int = 0, progress: bool = True) -> dict[str, int]:
+    """Build the benchmark from unpacked packages under ``sources`` into ``out``; returns counts per part.
+
+    ``sources`` holds one folder per package; the Tux Paint stamps are found as ``**/tuxpaint/stamps``, photos are
+    searched in every other package folder.
+
+    Raises:
+        FileNotFoundError: No Tux Paint stamps folder, or no photographs, under ``sources``.
+    """
+    sources, out = Path(sources), Path(out)
+    split_photos, split_stamps, rel = _split_sources(sources, val_fraction)
     (out / "pretrain").mkdir(parents=True, exist_ok=True)
     seg = out / "seg"
     (seg / "annotations").mkdir(parents=True, exist_ok=True)
@@ -333,51 +400,72 @@ def build(sources: Path, out: Path, train_scenes: int = 400, val_scenes: int = 1
     counts = {"photos_train": len(split_photos["train"]), "photos_val": len(split_photos["val"]),
               "stamps_train": len(split_stamps["train"]), "stamps_val": len(split_stamps["val"])}
     for split, total in (("train", train_scenes), ("val", val_scenes)):
-        rng = random.Random(f"{seed}-{split}")
-        for folder in ("images", "masks", "instances"):
-            (seg / folder / split).mkdir(parents=True, exist_ok=True)
-        by_label: dict[int, list[Stamp]] = {}
-        for stamp in split_stamps[split]:
-            by_label.setdefault(stamp.label, []).append(stamp)
-        labels = sorted(by_label)
-        cache: dict[Path, Image.Image] = {}
-        records = []
-        iterator = range(total)
-        if progress:
-            from tqdm import tqdm
-
-            iterator = tqdm(iterator, desc=f"{split} scenes", leave=False, disable=not sys.stderr.isatty())
-        for k in iterator:
-            photo_path = rng.choice(split_photos[split])
-            if photo_path not in cache:
-                with Image.open(photo_path) as image:
-                    image.draft("RGB", (1600, 1200))
-                    cache[photo_path] = image.convert("RGB")
-            # Class first, then a cut-out of it: every class is about equally frequent whatever its cut-out count.
-            chosen = [rng.choice(by_label[rng.choice(labels)]) for _ in range(rng.randint(1, 4))]
-            pasted = []
-            for stamp in chosen:
-                with Image.open(stamp.path) as image:
-                    pasted.append((image.convert("RGBA"), stamp.label))
-            scene = compose_scene(cache[photo_path], pasted, rng)
-            name = f"{k:05d}"
-            scene.image.save(seg / "images" / split / f"{name}.jpg", quality=95)
-            Image.fromarray(scene.semantic).save(seg / "masks" / split / f"{name}.png")
-            Image.fromarray(scene.instances).save(seg / "instances" / split / f"{name}.png")
-            if split == "train":  # the train composites join the pretraining pool (unlabelled, in-domain)
-                scene.image.save(out / "pretrain" / f"scene_{name}.jpg", quality=95)
-            records.append((f"{name}.jpg", scene))
+        # The train composites join the pretraining pool (unlabelled, in-domain).
+        records = _write_scenes(seg, split, split_photos[split], split_stamps[split], total, f"{seed}-{split}",
+                                pretrain=out / "pretrain" if split == "train" else None, progress=progress)
         (seg / "annotations" / f"instances_{split}.json").write_text(json.dumps(_coco_json(records)))
         counts[f"scenes_{split}"] = total
         counts[f"objects_{split}"] = sum(len(scene.labels) for _, scene in records)
 
     lines = ["# Files this benchmark was built from; each keeps its package's licence (see the package's "
              "copyright file under sources/<package>/usr/share/doc/).", ""]
-    lines += [f"photo {_split_of(rel[p], val_fraction)} {rel[p]}" for p in photos]
+    lines += [f"photo {_split_of(rel[p], val_fraction)} {rel[p]}" for p in sorted(rel)]
     lines += [f"stamp {split} {CLASSES[s.label]} {s.path.relative_to(sources).as_posix()}"
               for split in ("train", "val") for s in split_stamps[split]]
     (out / "SOURCES.txt").write_text("\n".join(lines) + "\n")
     (out / "counts.json").write_text(json.dumps(counts, indent=2))
+    return counts
+
+
+# ------------------------------------------------------------------------------------------------------ label views
+def _link(target: Path, link: Path) -> None:
+    """``link`` -> ``target`` as a relative symlink (replacing an old link)."""
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink():
+        link.unlink()
+    link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+
+
+def build_views(sources: Path, out: Path, val_scenes: int = 150, val_fraction: float = 0.25, seed: int = 0,
+                progress: bool = True) -> dict[str, int]:
+    """Write the diagnostic label views of a built benchmark ``out`` (``build`` first) under ``out/views/``.
+
+    Each view is a FolderSegmentation root whose train images are the benchmark's own (symlinked), so a backbone
+    pretrained on ``out/pretrain`` is evaluated without retraining; they separate what a probe fails on:
+
+    * ``figure``: figure-ground, 2 classes (background, object): localization without naming the object.
+    * ``coarse``: 4 classes (background, animal, plant, object), ``COARSE_GROUPS``.
+    * ``seen``: the 9 groups, but new val scenes (val background photos, ``val_scenes`` of them) that paste the
+      *train* cut-outs: recognising objects seen in training, not generalising to new ones of a group.
+
+    Returns the number of val scenes per view.
+    """
+    sources, out = Path(sources), Path(out)
+    seg = out / "seg"
+    if not (seg / "classes.txt").is_file():
+        raise FileNotFoundError(f"{seg} holds no benchmark: build it first (python -m densessl.data.photo_benchmark)")
+    views = out / "views"
+    counts = {}
+    for name, (classes, lut) in LABEL_VIEWS.items():
+        root = views / name
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        (root / "classes.txt").write_text("\n".join(classes) + "\n")
+        table = np.full(256, 255, np.uint8)
+        table[:len(lut)] = lut
+        for split in ("train", "val"):
+            _link(seg / "images" / split, root / "images" / split)
+            (root / "masks" / split).mkdir(parents=True, exist_ok=True)
+            for path in sorted((seg / "masks" / split).glob("*.png")):
+                Image.fromarray(table[np.asarray(Image.open(path))]).save(root / "masks" / split / path.name)
+        counts[name] = len(list((root / "masks" / "val").glob("*.png")))
+    seen = views / "seen"
+    for folder in ("images", "masks", "instances"):
+        _link(seg / folder / "train", seen / folder / "train")
+    split_photos, split_stamps, _ = _split_sources(sources, val_fraction)
+    _write_scenes(seen, "val", split_photos["val"], split_stamps["train"], val_scenes, f"{seed}-seen-val",
+                  progress=progress)
+    (seen / "classes.txt").write_text("\n".join(CLASSES) + "\n")  # last: marks the views complete
+    counts["seen"] = val_scenes
     return counts
 
 
@@ -388,9 +476,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--train-scenes", type=int, default=400)
     parser.add_argument("--val-scenes", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--views", action="store_true",
+                        help="also write the diagnostic label views under OUT/views (figure, coarse, seen)")
+    parser.add_argument("--views-only", action="store_true",
+                        help="write only the label views, of the benchmark already built in OUT")
     args = parser.parse_args(argv)
     try:
-        counts = build(args.sources, args.out, args.train_scenes, args.val_scenes, seed=args.seed)
+        counts: dict = {}
+        if not args.views_only:
+            counts = build(args.sources, args.out, args.train_scenes, args.val_scenes, seed=args.seed)
+        if args.views or args.views_only:
+            counts["views"] = build_views(args.sources, args.out, args.val_scenes, seed=args.seed)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

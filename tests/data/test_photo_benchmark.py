@@ -112,3 +112,28 @@ def test_build_names_the_missing_package(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="tuxpaint-stamps-default"):
         build(tmp_path / "empty", tmp_path / "out", progress=False)
+
+
+def test_label_views_remap_and_recompose(tmp_path: Path) -> None:
+    from densessl.data.photo_benchmark import COARSE_GROUPS, LABEL_VIEWS, build_views
+
+    sources = _fake_sources(tmp_path / "sources")
+    out = tmp_path / "photos"
+    with pytest.raises(FileNotFoundError, match="build it first"):
+        build_views(sources, out, progress=False)
+    build(sources, out, train_scenes=4, val_scenes=3, progress=False)
+    counts = build_views(sources, out, val_scenes=2, progress=False)
+    assert counts == {"figure": 3, "coarse": 3, "seen": 2}
+    assert set(COARSE_GROUPS["animal"]) == {"bird", "mammal", "fish", "insect"}
+    for name, (classes, lut) in LABEL_VIEWS.items():
+        view = FolderSegmentation(out / "views" / name, "val")
+        original = FolderSegmentation(out / "seg", "val")
+        assert view.num_classes == len(classes) and len(view) == len(original)
+        for k in range(len(view)):
+            expected = np.asarray(lut, np.uint8)[original[k].mask]
+            assert np.array_equal(view[k].mask, expected)  # same scene, labels remapped
+            assert np.array_equal(np.asarray(view[k].image), np.asarray(original[k].image))
+    seen_train = FolderSegmentation(out / "views" / "seen", "train")
+    assert len(seen_train) == 4 and len(FolderSegmentation(out / "views" / "seen", "val")) == 2
+    # Rebuilding the views over an existing folder is idempotent.
+    assert build_views(sources, out, val_scenes=2, progress=False) == counts
