@@ -17,6 +17,9 @@ the last stage. ``--data photos``: the real-photograph benchmark of ``scripts/ge
 protocols**: the last stage alone (``last``, the VICRegL paper's linear protocol) and layer3 + layer4 concatenated
 (``l34``); every metric is reported for both. The photos table also has the ``edges`` row: the same probes on an
 edge-only feature map (``densessl.eval.edge_baseline``), the control that shows paste seams do not solve the task.
+``--view figure|coarse|seen`` scores the same backbones on a diagnostic label view of the photo benchmark
+(``photo_benchmark.build_views``: figure-ground, animal/plant/object, or val scenes of the train cut-outs) and
+``--input-size 448`` at a finer grid; their evaluations are cached under names tagged with the view and size.
 
 Variants (``--variants``; all VICRegL ones use the VICRegL recipe of the data):
 
@@ -242,7 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"no photo benchmark at {data_root}: run `bash scripts/get_real_data.sh` first "
                      f"(or pass --data-root)")
     view_root = seg_root(data_root, args.view)
-    if args.view != "groups" and (args.data != "photos" or not (view_root / "classes.txt").is_file()):
+    if args.view != "groups" and args.data != "photos":
+        parser.error(f"--view {args.view} is a view of the photo benchmark: add --data photos")
+    if args.view != "groups" and not (view_root / "classes.txt").is_file():
         parser.error(f"--view {args.view} needs --data photos and the benchmark's label views at {view_root}: run "
                      f"`bash scripts/get_real_data.sh` (it adds them to a built benchmark)")
     work_dir = args.work_dir or HERE / "runs" / ("quality" if args.data == "synthetic" else f"quality_{args.data}")
