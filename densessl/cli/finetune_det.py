@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from densessl.cli.common import training_main
 from densessl.config_io import load_config
@@ -42,9 +41,7 @@ def _train(cfg: DetConfig, output_dir: Path, resume: str, allow_config_change: b
     try:
         return finetune(cfg, output_dir, resume=resume, allow_config_change=allow_config_change)
     finally:
-        torch.set_num_threads(threads)
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        torch.set_num_threads(threads)  # the process group is left by engine.finish_run
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -166,7 +166,6 @@ def _run_detection(card: ProtocolCard, args: argparse.Namespace, arch: str) -> t
     import json
 
     import torch
-    import torch.distributed as dist
 
     from densessl.protocols import build_det_config
     from densessl.train.finetune_det import finetune
@@ -185,9 +184,7 @@ def _run_detection(card: ProtocolCard, args: argparse.Namespace, arch: str) -> t
         try:
             result = finetune(cfg, run_dir, resume=args.resume)
         finally:
-            torch.set_num_threads(threads)
-            if dist.is_available() and dist.is_initialized():
-                dist.destroy_process_group()
+            torch.set_num_threads(threads)  # the process group is left by engine.finish_run
         if result.interrupted:
             data = f" --data-root {args.data_root}" if args.data_root else ""
             print(f"stopped at iteration {result.iteration}; continue with: densessl-reproduce {args.card} --weights "
