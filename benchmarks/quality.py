@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.view != "groups" and args.data != "photos":
         parser.error(f"--view {args.view} is a view of the photo benchmark: add --data photos")
     if args.view != "groups" and not (view_root / "classes.txt").is_file():
-        parser.error(f"--view {args.view} needs --data photos and the benchmark's label views at {view_root}: run "
+        parser.error(f"--view {args.view} needs the benchmark's label views at {view_root}: run "
                      f"`bash scripts/get_real_data.sh` (it adds them to a built benchmark)")
     work_dir = args.work_dir or HERE / "runs" / ("quality" if args.data == "synthetic" else f"quality_{args.data}")
     out = args.out or RESULTS / ("quality.json" if args.data == "synthetic" else f"quality_{args.data}.json")

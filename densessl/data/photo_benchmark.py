@@ -379,11 +379,12 @@ def _write_scenes(seg: Path, split: str, photos: Sequence[Path], stamps: Sequenc
 
 
 def build(sources: Path, out: Path, train_scenes: int = 400, val_scenes: int = 150, val_fraction: float = 0.25,
-          seed: int = 0, progress: bool = True) -> dict[str, int]:
+          seed: int = 0, progress: bool = True, views: bool = False) -> dict[str, int]:
     """Build the benchmark from unpacked packages under ``sources`` into ``out``; returns counts per part.
 
     ``sources`` holds one folder per package; the Tux Paint stamps are found as ``**/tuxpaint/stamps``, photos are
-    searched in every other package folder.
+    searched in every other package folder. ``views``: also write the label views (``build_views``; counts under
+    ``"views"``, not written to ``counts.json``), reusing this build's scan of the sources.
 
     Raises:
         FileNotFoundError: No Tux Paint stamps folder, or no photographs, under ``sources``.
@@ -414,6 +415,9 @@ def build(sources: Path, out: Path, train_scenes: int = 400, val_scenes: int = 1
               for split in ("train", "val") for s in split_stamps[split]]
     (out / "SOURCES.txt").write_text("\n".join(lines) + "\n")
     (out / "counts.json").write_text(json.dumps(counts, indent=2))
+    if views:
+        counts["views"] = build_views(sources, out, val_scenes, val_fraction, seed, progress,
+                                      splits=(split_photos, split_stamps))
     return counts
 
 
@@ -427,7 +431,8 @@ def _link(target: Path, link: Path) -> None:
 
 
 def build_views(sources: Path, out: Path, val_scenes: int = 150, val_fraction: float = 0.25, seed: int = 0,
-                progress: bool = True) -> dict[str, int]:
+                progress: bool = True,
+                splits: tuple[dict[str, list[Path]], dict[str, list[Stamp]]] | None = None) -> dict[str, int]:
     """Write the diagnostic label views of a built benchmark ``out`` (``build`` first) under ``out/views/``.
 
     Each view is a FolderSegmentation root whose train images are the benchmark's own (symlinked), so a backbone
@@ -437,6 +442,9 @@ def build_views(sources: Path, out: Path, val_scenes: int = 150, val_fraction: f
     * ``coarse``: 4 classes (background, animal, plant, object), ``COARSE_GROUPS``.
     * ``seen``: the 9 groups, but new val scenes (val background photos, ``val_scenes`` of them) that paste the
       *train* cut-outs: recognising objects seen in training, not generalising to new ones of a group.
+
+    ``splits``: the ``(photos, cut-outs)`` split of ``sources`` when the caller has it (``build``); otherwise the
+    sources are scanned again (a minute on the real packages).
 
     Returns the number of val scenes per view.
     """
@@ -448,7 +456,7 @@ def build_views(sources: Path, out: Path, val_scenes: int = 150, val_fraction: f
     counts = {}
     for name, (classes, lut) in LABEL_VIEWS.items():
         root = views / name
-        (root / "masks").mkdir(parents=True, exist_ok=True)
+        root.mkdir(parents=True, exist_ok=True)
         (root / "classes.txt").write_text("\n".join(classes) + "\n")
         table = np.full(256, 255, np.uint8)
         table[:len(lut)] = lut
@@ -461,7 +469,7 @@ def build_views(sources: Path, out: Path, val_scenes: int = 150, val_fraction: f
     seen = views / "seen"
     for folder in ("images", "masks", "instances"):
         _link(seg / folder / "train", seen / folder / "train")
-    split_photos, split_stamps, _ = _split_sources(sources, val_fraction)
+    split_photos, split_stamps = splits if splits is not None else _split_sources(sources, val_fraction)[:2]
     _write_scenes(seen, "val", split_photos["val"], split_stamps["train"], val_scenes, f"{seed}-seen-val",
                   progress=progress)
     (seen / "classes.txt").write_text("\n".join(CLASSES) + "\n")  # last: marks the views complete
@@ -482,11 +490,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write only the label views, of the benchmark already built in OUT")
     args = parser.parse_args(argv)
     try:
-        counts: dict = {}
-        if not args.views_only:
-            counts = build(args.sources, args.out, args.train_scenes, args.val_scenes, seed=args.seed)
-        if args.views or args.views_only:
-            counts["views"] = build_views(args.sources, args.out, args.val_scenes, seed=args.seed)
+        if args.views_only:
+            counts = {"views": build_views(args.sources, args.out, args.val_scenes, seed=args.seed)}
+        else:
+            counts = build(args.sources, args.out, args.train_scenes, args.val_scenes, seed=args.seed,
+                           views=args.views)
     except FileNotFoundError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

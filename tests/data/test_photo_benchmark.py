@@ -123,6 +123,8 @@ def test_label_views_remap_and_recompose(tmp_path: Path) -> None:
         build_views(sources, out, progress=False)
     build(sources, out, train_scenes=4, val_scenes=3, progress=False)
     counts = build_views(sources, out, val_scenes=2, progress=False)
+    both = build(sources, tmp_path / "again", train_scenes=4, val_scenes=2, progress=False, views=True)  # one scan
+    assert both["views"] == {"figure": 2, "coarse": 2, "seen": 2}
     assert counts == {"figure": 3, "coarse": 3, "seen": 2}
     assert set(COARSE_GROUPS["animal"]) == {"bird", "mammal", "fish", "insect"}
     for name, (classes, lut) in LABEL_VIEWS.items():
