@@ -16,7 +16,8 @@ torchrun   ``torchrun --standalone --nproc_per_node 1 -m densessl.cli.train``: t
 resume     SIGTERM mid-run (exit 130, checkpoint saved), ``--resume auto`` then SIGKILL, ``--resume auto`` again:
            finishes at the requested iteration with metrics for every iteration exactly once
 overhead   ``benchmarks/objective_overhead.py``: VICRegL full-step images/s and the ratio to the backbone alone
-           (ResNet-50, batch 64, 2x224+6x96, fp32 and bf16 on a GPU)
+           (ResNet-50, batch 64, 2x224+6x96) per step setting: fp32, bf16, fp16, bf16 + channels_last, and
+           bf16 + channels_last + compile on a GPU; fp32 and fp32 + channels_last on the CPU
 ========== ==========================================================================================================
 
 Every step is run even when an earlier one failed; each one's pass/fail, time and numbers go to
@@ -476,8 +477,17 @@ class Checker:
                        f"{killed_at}; resumed -> {total}/{total}")
         result.extra.update({"sigterm_checkpoint": stopped_at, "sigkill_checkpoint": killed_at})
 
+    def overhead_settings(self) -> list[tuple[str, list[str]]]:
+        """(name, extra objective_overhead.py options) per measured step setting: every precision and step option the
+        engine has on a GPU; on the CPU the engine trains in fp32, so fp32 eager and channels_last."""
+        if self.s.device == "cpu":
+            return [("fp32", ["--precision", "fp32"]), ("fp32+channels_last", ["--precision", "fp32", "--channels-last"])]
+        return [("fp32", ["--precision", "fp32"]), ("bf16", ["--precision", "bf16"]),
+                ("fp16", ["--precision", "fp16"]),
+                ("bf16+channels_last", ["--precision", "bf16", "--channels-last"]),
+                ("bf16+channels_last+compile", ["--precision", "bf16", "--channels-last", "--compile"])]
+
     def overhead(self, result: StepResult) -> None:
-        precisions = ["fp32"] if self.s.tiny or self.s.device == "cpu" else ["fp32", "bf16"]
         if self.s.tiny:
             args = ["--archs", "resnet18", "--batch", "2", "--global-size", "64", "--local-size", "32", "--repeats",
                     "1", "--projector", "64-64", "--local-projector", "32-32"]
@@ -486,10 +496,10 @@ class Checker:
         if self.s.threads:
             args += ["--threads", str(self.s.threads)]
         rows, notes = [], []
-        for precision in precisions:
-            path = self.s.out / f"objective_overhead_{precision}.json"
+        for name, options in self.overhead_settings():
+            path = self.s.out / f"objective_overhead_{name.replace('+', '_')}.json"
             argv = [*args, "--objectives", "vicregl", "--no-profile", "--no-loss-only", "--device", self.s.device,
-                    "--precision", precision, "--out", str(path)]
+                    *options, "--out", str(path)]
             cmd = [self.s.python, str(HERE / "objective_overhead.py"), *argv]
             if self.s.in_process:
                 from objective_overhead import main as overhead_main
@@ -498,19 +508,18 @@ class Checker:
             else:
                 code, _ = run(cmd, self.s, result, timeout=600 if not self.s.tiny else self.s.timeout)
             if code != 0:
-                raise StepFailed(f"objective_overhead.py ({precision}): exit code {code}")
+                raise StepFailed(f"objective_overhead.py ({name}): exit code {code}")
             arch = json.loads(path.read_text(encoding="utf-8"))["archs"][0]
             vicregl = arch["steps"]["vicregl"]
             backbone = arch["steps"][arch["baselines"]["multi_crop"]]
-            rows.append({"precision": precision, "arch": arch["arch"], "batch": arch["batch"], "crops": arch["crops"],
+            rows.append({"setting": name, "arch": arch["arch"], "batch": arch["batch"], "crops": arch["crops"],
                          "vicregl_images_per_s": vicregl["images_per_s"],
                          "backbone_images_per_s": backbone["images_per_s"], "ratio": vicregl["ratio"]})
-            notes.append(f"{precision}: backbone alone {backbone['images_per_s']:.1f} img/s, ratio "
-                         f"{vicregl['ratio']:.2f}x")
+            notes.append(f"{name}: backbone alone {backbone['images_per_s']:.1f} img/s, ratio {vicregl['ratio']:.2f}x")
         first = rows[0]
         result.images_per_s = first["vicregl_images_per_s"]
         result.note = (f"{first['arch']} VICRegL, batch {first['batch']}, {first['crops']}: "
-                       + "; ".join(f"{r['precision']} {r['vicregl_images_per_s']:.1f} img/s" for r in rows)
+                       + "; ".join(f"{r['setting']} {r['vicregl_images_per_s']:.1f} img/s" for r in rows)
                        + " (" + "; ".join(notes) + ")")
         result.extra["overhead"] = rows
 

@@ -41,6 +41,7 @@ import argparse
 import gc
 import time
 from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,6 +59,29 @@ from densessl.train.optim import build_optimizer
 MULTI_CROP = ("vicregl", "vicreg")  # objectives trained on 2 x 224 + 6 x 96; the others use the two 224 views
 TARGETS = {("resnet50", "vicregl"): 1.10}  # CPU target from the issue
 LR = 1e-3  # any small value: the timing does not depend on it
+AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class StepOptions:
+    """The step settings of ``train.*`` that change speed, applied to every configuration alike (baseline included).
+
+    ``channels_last``: modules and input images in NHWC (``train.channels_last``). ``compile``: ``torch.compile`` of
+    the backbone and the EMA teacher in place, one static graph per crop size (``train.compile``; the objective is not
+    compiled, as in pretraining). ``compile_backend``: ``inductor`` (what the engine uses by default) or
+    ``aot_eager`` (traces without generating code: a check, not a speed-up).
+    """
+
+    channels_last: bool = False
+    compile: bool = False
+    compile_backend: str = "inductor"
+
+    @property
+    def label(self) -> str:
+        """``"channels_last+compile"``, or ``"eager"`` when no option is on (table and JSON names)."""
+        parts = (["channels_last"] if self.channels_last else []) + (
+            [f"compile({self.compile_backend})"] if self.compile else [])
+        return "+".join(parts) or "eager"
 
 
 def make_batch(batch: int, image_size: int, seed: int = 0,
@@ -79,11 +103,15 @@ class Stepper:
     """
 
     def __init__(self, arch: str, method: str | None, views: Views, device: str | torch.device = "cpu",
-                 precision: str = "fp32", heads: dict[str, str] | None = None) -> None:
+                 precision: str = "fp32", heads: dict[str, str] | None = None,
+                 options: StepOptions | None = None) -> None:
         torch.manual_seed(0)
+        self.options = options or StepOptions()
         self.views = views.to(device)
         self.device_type = torch.device(device).type
-        self.amp_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
+        self.amp_dtype = AMP_DTYPES[precision]
+        # As the engine: a loss scaler only for fp16 autocast (a no-op otherwise).
+        self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
         self.backbone = DenseBackbone(arch)
         self.objective = None
         self.teacher = None
@@ -102,6 +130,13 @@ class Stepper:
             module.to(device).train()
         if self.teacher is not None:
             self.teacher.to(device)
+        if self.options.channels_last:  # as pretraining: every module, and NHWC images in encode_views
+            for module in [*modules, *([self.teacher] if self.teacher is not None else [])]:
+                module.to(memory_format=torch.channels_last)
+        if self.options.compile:  # as pretraining: backbone and teacher in place, static shapes
+            backend = self.options.compile_backend
+            for module in [self.backbone, *([self.teacher] if self.teacher is not None else [])]:
+                module.compile(backend=backend, mode="default" if backend == "inductor" else None, dynamic=False)
         self.optimizer = build_optimizer(modules, OptimConfig())
         for group in self.optimizer.param_groups:
             group["lr"] = LR
@@ -109,11 +144,12 @@ class Stepper:
         self.params = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
 
     def features(self) -> tuple[list[DenseFeatures], list[DenseFeatures] | None]:
-        features = encode_views(self.backbone, self.views)
+        channels_last = self.options.channels_last
+        features = encode_views(self.backbone, self.views, channels_last)
         teacher = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher = encode_views(self.teacher, self.views)
+                teacher = encode_views(self.teacher, self.views, channels_last)
         return features, teacher
 
     def loss(self, features: list[DenseFeatures], teacher: list[DenseFeatures] | None) -> torch.Tensor:
@@ -133,7 +169,8 @@ class Stepper:
         return torch.autocast(self.device_type, dtype=self.amp_dtype)
 
     def step(self) -> None:
-        """``Pretrainer.forward`` + ``backward`` + optimizer step + EMA, as ``train()`` runs it (fp32 unless bf16)."""
+        """``Pretrainer.forward`` + ``backward`` + optimizer step + EMA, as ``train()`` runs it (fp32 unless autocast;
+        fp16 through the loss scaler, as ``engine.optimizer_step``)."""
         t0 = time.perf_counter()
         with self.autocast():
             features, teacher = self.features()
@@ -143,10 +180,11 @@ class Stepper:
             loss = self.loss(features, teacher)
         self.sync()
         t2 = time.perf_counter()
-        loss.backward()
+        self.scaler.scale(loss).backward()
         self.sync()
         t3 = time.perf_counter()
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is not None:
             with torch.no_grad():
@@ -273,21 +311,23 @@ def crop_labels(crops: MultiCropConfig) -> tuple[str, str]:
 
 def run_arch(arch: str, batch: int, repeats: int, image_size: int, objectives: list[str], profile: bool,
              device: str = "cpu", precision: str = "fp32", crops: MultiCropConfig | None = None,
-             heads: dict[str, str] | None = None, loss_only: bool = True) -> dict[str, Any]:
+             heads: dict[str, str] | None = None, loss_only: bool = True,
+             options: StepOptions | None = None) -> dict[str, Any]:
     crops = crops or MultiCropConfig()
+    options = options or StepOptions()
     multi_label, two_label = crop_labels(crops)
     multi_key, two_key = f"backbone:{multi_label}", f"backbone:{two_label}"
     print(f"\n== {arch}: batch {batch}, crops {multi_label}, {repeats} rounds, objectives {objectives}, device "
-          f"{device}, {precision}", flush=True)
+          f"{device}, {precision}, {options.label}", flush=True)
     sync = torch.cuda.synchronize if device == "cuda" else None
     views, two = make_batch(batch, image_size, crops=crops)
     steppers: dict[str, Stepper] = {}
     if any(o in MULTI_CROP for o in objectives):
-        steppers[multi_key] = Stepper(arch, None, views, device, precision)
+        steppers[multi_key] = Stepper(arch, None, views, device, precision, options=options)
     if any(o not in MULTI_CROP for o in objectives):
-        steppers[two_key] = Stepper(arch, None, two, device, precision)
+        steppers[two_key] = Stepper(arch, None, two, device, precision, options=options)
     for name in objectives:
-        steppers[name] = Stepper(arch, name, views if name in MULTI_CROP else two, device, precision, heads)
+        steppers[name] = Stepper(arch, name, views if name in MULTI_CROP else two, device, precision, heads, options)
     print("  params: " + ", ".join(f"{n} {st.params / 1e6:.1f}M" for n, st in steppers.items()), flush=True)
 
     times, loads = interleaved({n: st.step for n, st in steppers.items()}, repeats, warmup=1, sync=sync)
@@ -297,8 +337,9 @@ def run_arch(arch: str, batch: int, repeats: int, image_size: int, objectives: l
         ratio = median(times[name]) / median(times[base])
         images_per_s = batch / median(times[name])
         phases = {k: median(v[-repeats:]) for k, v in st.phases.items()}
-        # The target is for the CPU, fp32, the default crops and heads.
-        cpu_default = (device, precision, multi_label) == ("cpu", "fp32", "2x224+6x96") and not heads
+        # The target is for the CPU, fp32, eager, the default crops and heads.
+        cpu_default = ((device, precision, multi_label, options.label) == ("cpu", "fp32", "2x224+6x96", "eager")
+                       and not heads)
         target = TARGETS.get((arch, name)) if cpu_default else None
         met = None if target is None else ratio <= target
         results[name] = {"step": summary(times[name]), "baseline": base, "ratio": ratio, "images_per_s": images_per_s,
@@ -329,6 +370,7 @@ def run_arch(arch: str, batch: int, repeats: int, image_size: int, objectives: l
 
     out: dict[str, Any] = {"arch": arch, "batch": batch, "repeats": repeats, "image_size": image_size,
                            "crops": multi_label, "device": device, "precision": precision, "heads": heads or {},
+                           "options": options.label,
                            "baselines": {"multi_crop": multi_key, "global_views": two_key},
                            "loadavg_per_round": loads, "loadavg_per_round_loss_only": loss_loads,
                            "steps": results, "loss_only": loss_results,
@@ -393,8 +435,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-size", type=int, default=256, help="side of the synthetic source images")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="default cpu (the targets are CPU)")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                        help="autocast dtype of the full step's forward passes (default fp32)")
+    parser.add_argument("--precision", default="fp32", choices=list(AMP_DTYPES),
+                        help="autocast dtype of the full step's forward passes (default fp32; fp16 with the loss "
+                             "scaler, CUDA only). The engine trains in fp32 on the CPU whatever train.precision says: "
+                             "--precision bf16 on the CPU is a what-if")
+    parser.add_argument("--channels-last", action="store_true", help="train.channels_last: NHWC modules and images")
+    parser.add_argument("--compile", action="store_true",
+                        help="train.compile: torch.compile the backbone (+ teacher); the first round compiles and is "
+                             "not timed")
+    parser.add_argument("--compile-backend", default="inductor", choices=["inductor", "aot_eager"])
     parser.add_argument("--global-size", type=int, default=224, help="global crop side (default 224)")
     parser.add_argument("--local-size", type=int, default=96, help="local crop side (default 96)")
     parser.add_argument("--n-local", type=int, default=6, help="local crops per image (default 6)")
@@ -412,6 +461,9 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
+    if args.precision == "fp16" and args.device != "cuda":
+        parser.error("--precision fp16 needs --device cuda (CPU fp16 autocast is not a training path here)")
+    options = StepOptions(args.channels_last, args.compile, args.compile_backend)
     crops = MultiCropConfig(global_size=args.global_size, local_size=args.local_size, n_local=args.n_local)
     crops.validate()
     heads = {key: value for key, value in (("projector", args.projector), ("local_projector", args.local_projector))
@@ -420,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
     print(machine_line(info), flush=True)
     start = time.perf_counter()
     per_arch = [run_arch(a, args.batch, args.repeats, args.image_size, args.objectives, not args.no_profile,
-                         args.device, args.precision, crops, heads, not args.no_loss_only) for a in args.archs]
+                         args.device, args.precision, crops, heads, not args.no_loss_only, options)
+                for a in args.archs]
     finish_info(info)
     info["wall_s"] = time.perf_counter() - start
     payload = {"benchmark": "objective_overhead", "machine": info, "settings": vars(args), "archs": per_arch}

@@ -42,7 +42,9 @@ def test_gpu_check_tiny_on_cpu_passes_every_step(tmp_path: Path) -> None:
     assert "covered by tests/train/test_compile.py" in steps["compile"]["note"]
     assert steps["resume"]["iterations"] == report["settings"]["resume_iterations"]
     assert steps["resume"]["extra"]["sigterm_checkpoint"] < steps["resume"]["iterations"]
-    assert steps["overhead"]["extra"]["overhead"][0]["ratio"] > 0
+    overhead = steps["overhead"]["extra"]["overhead"]
+    assert [row["setting"] for row in overhead] == ["fp32", "fp32+channels_last"]  # the engine's CPU step settings
+    assert all(row["ratio"] > 0 for row in overhead)
     table = (out / "gpu_check.md").read_text()
     summary = "8 passed, 0 failed, 1 skipped" if has_augment_on else "7 passed, 0 failed, 2 skipped"
     assert "| fp32 " in table and summary in table
