@@ -20,6 +20,9 @@ edge-only feature map (``densessl.eval.edge_baseline``), the control that shows 
 ``--view figure|coarse|seen`` scores the same backbones on a diagnostic label view of the photo benchmark
 (``photo_benchmark.build_views``: figure-ground, animal/plant/object, or val scenes of the train cut-outs) and
 ``--input-size 448`` at a finer grid; their evaluations are cached under names tagged with the view and size.
+``--detection`` (photos) also fine-tunes a Faster R-CNN + FPN from each backbone on the benchmark's COCO instances
+(``configs/detection/faster_rcnn_fpn_r18_photos.yaml``, all layers trained, ``train.seed`` = the seed) and reports
+its box AP and AP50 on the 150 val composites: the detection transfer of the issue's table (about 4-7 min per run here).
 
 Variants (``--variants``; all VICRegL ones use the VICRegL recipe of the data):
 
@@ -203,6 +206,27 @@ def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_r
     return result
 
 
+DETECTION_RECIPE = "configs/detection/faster_rcnn_fpn_r18_photos.yaml"
+
+
+def detection_scores(weights: str, seed: int, data_root: Path, run_dir: Path, threads: int,
+                     overrides: tuple[str, ...] = ()) -> dict[str, float]:
+    """Box AP / AP50 (percent) of the photo detection recipe fine-tuned from ``weights`` (``random``: the random init
+    of this seed), cached in ``run_dir/det/results.json`` (an interrupted fine-tuning resumes). ``overrides``: extra
+    ``key=value`` settings (tests shrink the schedule)."""
+    det_dir = run_dir / "det"
+    results = det_dir / "results.json"
+    if not results.exists():
+        model = "model.weights=null" if weights == "random" else f"model.weights={weights}"
+        cmd = [sys.executable, "-m", "densessl.cli.finetune_det", DETECTION_RECIPE, "--output-dir", str(det_dir),
+               "--resume", "auto", f"data.root={data_root / 'seg'}", model, f"train.seed={seed}",
+               f"train.num_threads={threads}", "train.progress=false", *overrides]
+        det_dir.mkdir(parents=True, exist_ok=True)
+        run(cmd, run_dir / "det.log", threads)
+    metrics = json.loads(results.read_text())
+    return {"box_AP": float(metrics["box_AP"]), "box_AP50": float(metrics["box_AP50"])}
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -229,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", nargs="+", default=None,
                         help="feature protocols to evaluate (photos: last l34; default: all of the data set)")
     parser.add_argument("--no-match", action="store_true", help="skip the match precision")
+    parser.add_argument("--detection", action="store_true",
+                        help="photos: also fine-tune the photo detection recipe from each backbone (box AP, AP50)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: benchmarks/runs/quality_<data>")
     parser.add_argument("--out", type=Path, default=None,
@@ -244,6 +270,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "photos" and not (data_root / "seg" / "classes.txt").is_file():
         parser.error(f"no photo benchmark at {data_root}: run `bash scripts/get_real_data.sh` first "
                      f"(or pass --data-root)")
+    if args.detection and args.data != "photos":
+        parser.error("--detection needs --data photos (the synthetic detection table is in the README)")
+    if args.detection and not (data_root / "seg" / "annotations" / "instances_val.json").is_file():
+        parser.error(f"--detection needs the benchmark's COCO instances at {data_root / 'seg' / 'annotations'}: "
+                     f"rebuild it with `bash scripts/get_real_data.sh`")
     view_root = seg_root(data_root, args.view)
     if args.view != "groups" and args.data != "photos":
         parser.error(f"--view {args.view} is a view of the photo benchmark: add --data photos")
@@ -290,6 +321,8 @@ def main(argv: list[str] | None = None) -> int:
                                               args.data, data_root)
                 ranks = rankme_scores(file, seed, args.match_images, args.data, data_root, run_dir / "rankme.json")
                 scores["rankme_dense"] = ranks["rankme_dense"]
+            if args.detection and variant != "edges":
+                scores.update(detection_scores(weights, seed, data_root, run_dir, args.threads))
             scores["pretrain_s"] = seconds
             print(f"{variant:14s} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
             for key, value in scores.items():
@@ -312,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                      "input_size": args.input_size,
                      "protocol_levels": protocols, "match_images": args.match_images,
                      "match_size": args.match_size, "threads": args.threads,
+                     "detection": DETECTION_RECIPE if args.detection else None,
                      "variants": {v: table[v] for v in chosen}},
         "results": rows,
     }, indent=2))

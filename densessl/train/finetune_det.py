@@ -22,7 +22,7 @@ import os
 import random
 import time
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Literal
 
@@ -224,12 +224,13 @@ class DetConfig:
 
 
 def _under(root: str | None, path: str) -> Path:
+    path = os.path.expanduser(path)
     return Path(path) if os.path.isabs(path) or root is None else Path(root) / path
 
 
 def build_datasets(cfg: DetConfig) -> tuple[DetectionDataset, DetectionDataset]:
     """The training dataset (ignore regions dropped) and the evaluation dataset."""
-    data = cfg.data
+    data = replace(cfg.data, root=os.path.expanduser(cfg.data.root) if cfg.data.root else None)
     masks = cfg.model.kind == "mask_rcnn"
     if data.dataset == "synthetic":
         size = (data.synthetic_size, data.synthetic_size)

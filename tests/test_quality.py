@@ -1,0 +1,59 @@
+"""``benchmarks/quality.py --detection``: the photo detection recipe runs on a photo benchmark and its AP is cached.
+
+A small fake benchmark (the package tree of ``tests/data/test_photo_benchmark.py``) and a 4-iteration schedule at
+64 px: about 20 s on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from densessl.data.photo_benchmark import build
+from tests.data.test_photo_benchmark import _fake_sources
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality  # noqa: E402
+
+TINY = ("train.max_iters=4", "optim.steps=[2,3]", "optim.warmup_iters=1", "data.min_size_train=[64]",
+        "data.min_size_test=64", "data.max_size=96", "data.num_workers=0", "train.checkpoint_every=2")
+
+
+@pytest.mark.slow
+def test_detection_scores_fine_tune_the_photo_recipe_and_cache(tmp_path: Path) -> None:
+    data_root = tmp_path / "photos"
+    build(_fake_sources(tmp_path / "sources"), data_root, train_scenes=6, val_scenes=3, progress=False)
+    run_dir = tmp_path / "random_s0"
+    scores = quality.detection_scores("random", 0, data_root, run_dir, threads=1, overrides=TINY)
+    assert set(scores) == {"box_AP", "box_AP50"} and all(0.0 <= v <= 100.0 for v in scores.values())
+    results = json.loads((run_dir / "det" / "results.json").read_text())
+    assert results["iterations"] == 4 and results["num_val_images"] == 3
+    # The cached result is read back without fine-tuning again.
+    (run_dir / "det.log").unlink()
+    assert quality.detection_scores("random", 0, data_root, run_dir, threads=1, overrides=TINY) == scores
+    assert not (run_dir / "det.log").exists()
+
+
+def test_photo_detection_recipe_finds_the_default_benchmark_under_home(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from densessl.config_io import load_config
+    from densessl.train.finetune_det import DetConfig, build_datasets
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    build(_fake_sources(tmp_path / "sources"), tmp_path / ".cache" / "densessl" / "photos", train_scenes=6,
+          val_scenes=3, progress=False)
+    cfg = load_config(DetConfig, ROOT / quality.DETECTION_RECIPE)
+    assert cfg.data.root == "~/.cache/densessl/photos/seg"  # expanded when the datasets are built
+    train, val = build_datasets(cfg)
+    assert (len(train), len(val)) == (6, 3)
+
+
+def test_detection_needs_the_photo_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        quality.main(["--data", "synthetic", "--detection"])
+    assert "--detection needs --data photos" in capsys.readouterr().err
