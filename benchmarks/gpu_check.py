@@ -16,8 +16,8 @@ torchrun   ``torchrun --standalone --nproc_per_node 1 -m densessl.cli.train``: t
 resume     SIGTERM mid-run (exit 130, checkpoint saved), ``--resume auto`` then SIGKILL, ``--resume auto`` again:
            finishes at the requested iteration with metrics for every iteration exactly once
 overhead   ``benchmarks/objective_overhead.py``: VICRegL full-step images/s and the ratio to the backbone alone
-           (ResNet-50, batch 64, 2x224+6x96) per step setting: fp32, bf16, fp16, bf16 + channels_last, and
-           bf16 + channels_last + compile on a GPU; fp32 and fp32 + channels_last on the CPU
+           (ResNet-50, batch 64, 2x224+6x96) per step setting: fp32, bf16, fp16, bf16 + channels_last on a GPU
+           (+ bf16 + channels_last + compile with --overhead-compile); fp32 and fp32 + channels_last on the CPU
 ========== ==========================================================================================================
 
 Every step is run even when an earlier one failed; each one's pass/fail, time and numbers go to
@@ -82,6 +82,7 @@ class Settings:
     threads: int | None
     python: str = sys.executable
     fresh_processes: bool = False  # with --tiny: every step in its own process anyway
+    overhead_compile: bool = False  # the overhead step also times bf16 + channels_last + compile (minutes of compile)
 
     @property
     def in_process(self) -> bool:
@@ -478,14 +479,17 @@ class Checker:
         result.extra.update({"sigterm_checkpoint": stopped_at, "sigkill_checkpoint": killed_at})
 
     def overhead_settings(self) -> list[tuple[str, list[str]]]:
-        """(name, extra objective_overhead.py options) per measured step setting: every precision and step option the
-        engine has on a GPU; on the CPU the engine trains in fp32, so fp32 eager and channels_last."""
+        """(name, extra objective_overhead.py options) per measured step setting: every precision of the engine and
+        channels_last on a GPU (+ compile with ``--overhead-compile``); on the CPU the engine trains in fp32, so fp32
+        eager and channels_last."""
         if self.s.device == "cpu":
             return [("fp32", ["--precision", "fp32"]), ("fp32+channels_last", ["--precision", "fp32", "--channels-last"])]
-        return [("fp32", ["--precision", "fp32"]), ("bf16", ["--precision", "bf16"]),
-                ("fp16", ["--precision", "fp16"]),
-                ("bf16+channels_last", ["--precision", "bf16", "--channels-last"]),
-                ("bf16+channels_last+compile", ["--precision", "bf16", "--channels-last", "--compile"])]
+        settings = [("fp32", ["--precision", "fp32"]), ("bf16", ["--precision", "bf16"]),
+                    ("fp16", ["--precision", "fp16"]),
+                    ("bf16+channels_last", ["--precision", "bf16", "--channels-last"])]
+        if self.s.overhead_compile:  # opt-in: compiling ResNet-50 twice (backbone alone, VICRegL) takes minutes
+            settings.append(("bf16+channels_last+compile", ["--precision", "bf16", "--channels-last", "--compile"]))
+        return settings
 
     def overhead(self, result: StepResult) -> None:
         if self.s.tiny:
@@ -577,13 +581,16 @@ def main(argv: list[str] | None = None) -> int:
                              f"fp32 when it runs too")
     parser.add_argument("--fresh-processes", action="store_true",
                         help="with --tiny: run every step in its own process (without --tiny they always do)")
+    parser.add_argument("--overhead-compile", action="store_true",
+                        help="the overhead step also times bf16 + channels_last + compile (adds minutes of compile; "
+                             "the compile step already checks that compiled training works)")
     parser.add_argument("--threads", type=int, default=None,
                         help="OMP threads per process (default: torch's; 1 with --device cpu --tiny, which is faster "
                              "on a small shared CPU)")
     args = parser.parse_args(argv)
     threads = args.threads if args.threads is not None else (1 if args.device == "cpu" and args.tiny else None)
     settings = Settings(device=args.device, tiny=args.tiny, out=Path(args.out).resolve(), threads=threads,
-                        fresh_processes=args.fresh_processes)
+                        fresh_processes=args.fresh_processes, overhead_compile=args.overhead_compile)
     if _foreign(settings.out):
         print(f"error: --out {settings.out} holds files of something else; pick a new or empty folder",
               file=sys.stderr)

@@ -93,3 +93,15 @@ def test_a_failed_step_does_not_stop_the_others_and_the_exit_code_says_so(tmp_pa
     assert status["fp16"] == status["torchrun"] == "fail" and status["resume"] == "pass" and not report["passed"]
     assert "RuntimeError: simulated crash" in (tmp_path / "out" / "gpu_check.md").read_text()
     assert "7 passed, 2 failed, 0 skipped" in capsys.readouterr().out
+
+
+def test_overhead_settings_cover_the_engine_step_options(tmp_path: Path, monkeypatch) -> None:
+    driver = _load_driver(monkeypatch)
+
+    def names(device: str, tiny: bool, overhead_compile: bool = False) -> list[str]:
+        settings = driver.Settings(device, tiny, tmp_path, None, overhead_compile=overhead_compile)
+        return [name for name, _ in driver.Checker(settings).overhead_settings()]
+
+    assert names("cuda", False) == ["fp32", "bf16", "fp16", "bf16+channels_last"]
+    assert names("cuda", False, overhead_compile=True)[-1] == "bf16+channels_last+compile"
+    assert names("cpu", True) == ["fp32", "fp32+channels_last"]  # the engine trains in fp32 on the CPU
