@@ -55,6 +55,7 @@ from densessl.data.transforms import MultiCrop, MultiCropConfig
 from densessl.objectives import OBJECTIVES
 from densessl.objectives.momentum import ema_update, frozen_copy
 from densessl.train.optim import build_optimizer
+from densessl.train.pretrain import compile_in_place
 
 MULTI_CROP = ("vicregl", "vicreg")  # objectives trained on 2 x 224 + 6 x 96; the others use the two 224 views
 TARGETS = {("resnet50", "vicregl"): 1.10}  # CPU target from the issue
@@ -130,13 +131,13 @@ class Stepper:
             module.to(device).train()
         if self.teacher is not None:
             self.teacher.to(device)
+        backbones = [self.backbone] + ([self.teacher] if self.teacher is not None else [])
         if self.options.channels_last:  # as pretraining: every module, and NHWC images in encode_views
-            for module in [*modules, *([self.teacher] if self.teacher is not None else [])]:
+            for module in [*modules, *backbones[1:]]:
                 module.to(memory_format=torch.channels_last)
-        if self.options.compile:  # as pretraining: backbone and teacher in place, static shapes
-            backend = self.options.compile_backend
-            for module in [self.backbone, *([self.teacher] if self.teacher is not None else [])]:
-                module.compile(backend=backend, mode="default" if backend == "inductor" else None, dynamic=False)
+        if self.options.compile:  # as pretraining: backbone and teacher in place
+            for module in backbones:
+                compile_in_place(module, self.options.compile_backend)
         self.optimizer = build_optimizer(modules, OptimConfig())
         for group in self.optimizer.param_groups:
             group["lr"] = LR

@@ -199,15 +199,10 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
     pretrainer.to(device)
     if cfg.train.channels_last:
         pretrainer.to(memory_format=torch.channels_last)
-    if cfg.train.compile:
-        # torch.compile in place (nn.Module.compile): the modules keep their parameters, so state dicts, EMA,
-        # checkpoints and the export are the same as without compile (no `_orig_mod.` prefixes). One static graph
-        # per crop resolution (dynamic=False). Compiling happens at the first step; failures: see _compile_failed.
+    if cfg.train.compile:  # compiling happens at the first step; failures: see _compile_failed
         for module in (pretrainer.backbone, pretrainer.teacher_backbone):
             if module is not None:
-                backend = cfg.train.compile_backend
-                module.compile(backend=backend, mode=cfg.train.compile_mode if backend == "inductor" else None,
-                               dynamic=False)
+                compile_in_place(module, cfg.train.compile_backend, cfg.train.compile_mode)
     optimizer = build_optimizer([pretrainer], cfg.optim)
     scaler = engine.make_scaler(run)
     # Map-only objectives leave the backbone's pooling head (e.g. ConvNeXt's head norm) without gradients.
@@ -349,6 +344,16 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
 
 class CompileFailedError(ValueError):
     """``train.compile=true`` but ``torch.compile`` failed; ``train.compile=false`` trains the same model uncompiled."""
+
+
+def compile_in_place(module: nn.Module, backend: str = "inductor", mode: str = "default") -> None:
+    """``train.compile``: ``torch.compile`` a backbone in place (``nn.Module.compile``).
+
+    The module keeps its parameters, so state dicts, EMA, checkpoints and the export are the same as without compile
+    (no ``_orig_mod.`` prefixes). One static graph per crop resolution (``dynamic=False``). ``mode`` applies to the
+    ``inductor`` backend only.
+    """
+    module.compile(backend=backend, mode=mode if backend == "inductor" else None, dynamic=False)
 
 
 def _is_compile_error(error: Exception) -> bool:
