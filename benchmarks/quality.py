@@ -20,7 +20,8 @@ edge-only feature map (``densessl.eval.edge_baseline``), the control that shows 
 ``--view figure|coarse|seen`` scores the same backbones on a diagnostic label view of the photo benchmark
 (``photo_benchmark.build_views``: figure-ground, animal/plant/object, or val scenes of the train cut-outs) and
 ``--input-size 448`` at a finer grid; their evaluations are cached under names tagged with the view and size.
-``--detection`` (photos) also fine-tunes a Faster R-CNN + FPN from each backbone on the benchmark's COCO instances
+``--detection`` (photos; on by default for the benchmark's own labels, ``--no-detection`` skips it) also fine-tunes a
+Faster R-CNN + FPN from each backbone on the benchmark's COCO instances
 (``configs/detection/faster_rcnn_fpn_r18_photos.yaml``, all layers trained, ``train.seed`` = the seed) and reports
 its box AP and AP50 on the 150 val composites: the detection transfer of the issue's table (about 4-7 min per run here).
 
@@ -70,9 +71,14 @@ sys.path.insert(0, str(ROOT))
 
 from _common import RESULTS, machine_info  # noqa: E402
 
-def variants(data: str) -> dict[str, tuple[str, list[str]]]:
-    """``variant -> (config, overrides)`` for one data set (``""``: no pretraining)."""
-    recipe = f"configs/pretrain/vicregl_resnet18_{data}.yaml"
+# --arch name -> timm model; the recipes are configs/pretrain/<method>_<--arch>_<--data>.yaml.
+ARCHS = {"resnet18": "resnet18", "vit_tiny": "vit_tiny_patch16_224"}
+
+
+def variants(data: str, arch: str = "resnet18") -> dict[str, tuple[str, list[str]]]:
+    """``variant -> (config, overrides)`` for one data set and backbone (``""``: no pretraining). DenseCL and PixPro
+    are only listed where their recipe exists (ResNet-18)."""
+    recipe = f"configs/pretrain/vicregl_{arch}_{data}.yaml"
     table = {
         "random": ("", []),
         "vicreg": (recipe, ["vicregl.alpha=1.0"]),
@@ -80,18 +86,32 @@ def variants(data: str) -> dict[str, tuple[str, list[str]]]:
         "vicregl_a0.75": (recipe, ["vicregl.alpha=0.75"]),
         "geometric": (recipe, ["vicregl.alpha=0.75", "vicregl.local_matching=location"]),
         "learned": (recipe, ["vicregl.alpha=0.75", "vicregl.local_matching=feature"]),
-        "densecl": (f"configs/pretrain/densecl_resnet18_{data}.yaml", []),
-        "pixpro": (f"configs/pretrain/pixpro_resnet18_{data}.yaml", []),
+        "densecl": (f"configs/pretrain/densecl_{arch}_{data}.yaml", []),
+        "pixpro": (f"configs/pretrain/pixpro_{arch}_{data}.yaml", []),
     }
+    table = {name: entry for name, entry in table.items() if not entry[0] or (ROOT / entry[0]).is_file()}
     if data == "photos":
         table = {"random": table.pop("random"), "edges": ("", []), **table}
     return table
 
 
+def default_variants(data: str, arch: str = "resnet18") -> list[str]:
+    """The variants run when ``--variants`` is not given: every one of the data set, except that the photo table
+    (README, benchmarks/README "Real photographs") has no alpha = 0.9 row."""
+    return [v for v in variants(data, arch) if data != "photos" or v != "vicregl_a0.9"]
+
+
+def detection_by_default(data: str, view: str, arch: str = "resnet18") -> bool:
+    """Whether ``--detection`` is on when neither it nor ``--no-detection`` is given: for the photo benchmark's own
+    labels (its table has a box AP column) with the ResNet-18 of the detection recipe; the label views are
+    segmentation only."""
+    return data == "photos" and view == "groups" and arch == "resnet18"
+
+
 ALL_VARIANTS = list(variants("photos"))
 # Feature protocols per data set: name -> levels (DenseBackbone indices; -1 = last stage).
+# For a ViT, -2 / -1 are its last two blocks (``l34`` keeps its name: the two last levels).
 PROTOCOL_LEVELS = {"synthetic": {"": [-1]}, "photos": {"last": [-1], "l34": [-2, -1]}}
-ARCH = "resnet18"
 
 
 def run(cmd: list[str], log: Path, threads: int) -> None:
@@ -105,9 +125,9 @@ def run(cmd: list[str], log: Path, threads: int) -> None:
 
 
 def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path, epochs: int | None,
-             threads: int) -> float:
+             threads: int, arch: str = "resnet18") -> float:
     """Pretrain (or reuse / resume) one variant; returns the wall time of the pretraining in seconds."""
-    config, overrides = variants(data)[variant]
+    config, overrides = variants(data, arch)[variant]
     if data == "photos":
         overrides = [f"data.root={data_root / 'pretrain'}", *overrides]
     timing = run_dir / "pretrain_time.json"
@@ -133,13 +153,14 @@ def seg_root(data_root: Path, view: str) -> Path:
 
 
 def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int, threads: int, data: str,
-             data_root: Path, levels: list[int], view: str = "groups") -> float:
+             data_root: Path, levels: list[int], view: str = "groups", arch: str = "resnet18") -> float:
     """mIoU (percent) of one protocol, cached in ``out``."""
     if not out.exists():
-        arch = ["--arch", ARCH] if weights == "random" else []  # a run's export states its architecture
+        # a run's export states its architecture
+        arch_args = ["--arch", ARCHS[arch]] if weights == "random" else []
         dataset = ["--dataset", "synthetic"] if data == "synthetic" else [
             "--dataset", "folder", "--data-root", str(seg_root(data_root, view))]
-        cmd = [sys.executable, "-m", "densessl.cli.eval_seg", "--weights", weights, *arch, *dataset,
+        cmd = [sys.executable, "-m", "densessl.cli.eval_seg", "--weights", weights, *arch_args, *dataset,
                "--protocol", protocol, "--input-size", str(input_size), "--seed", str(seed), "--no-progress",
                "--levels", *map(str, levels), "--num-threads", str(threads), "--out", str(out)]
         run(cmd, out.with_suffix(".log"), threads)
@@ -147,7 +168,7 @@ def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int,
 
 
 def match_score(weights: str | None, seed: int, images: int, size: int, out: Path, data: str,
-                data_root: Path) -> float:
+                data_root: Path, arch: str = "resnet18") -> float:
     """Learned-match precision (percent) of the backbone's last map, cached in ``out``."""
     if out.exists():
         return float(json.loads(out.read_text())["precision"])
@@ -159,7 +180,7 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     from densessl.diagnostics import match_precision_over_dataset
 
     torch.manual_seed(seed)  # the random init of this seed (as tools/eval_seg.py --weights random --seed SEED)
-    backbone = DenseBackbone(ARCH, weights=weights)
+    backbone = DenseBackbone(ARCHS[arch], weights=weights)
     # Same protocol as tools/visualize_matches.py --precision-images N --scene-size 128: synthetic val scenes of
     # seed 0, two global views per image without photometric augmentation, view seed 0 (the same views for every
     # variant and seed).
@@ -179,7 +200,8 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     return 100 * result.precision
 
 
-def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_root: Path, out: Path) -> dict:
+def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_root: Path, out: Path,
+                  arch: str = "resnet18") -> dict:
     """RankMe of the pooled and of the dense last-stage features on ``images`` val images at 224 px, cached."""
     if out.exists():
         return json.loads(out.read_text())
@@ -191,7 +213,7 @@ def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_r
     from densessl.eval.features import SegEvalTransform
 
     torch.manual_seed(seed)
-    backbone = DenseBackbone(ARCH, weights=weights).eval()
+    backbone = DenseBackbone(ARCHS[arch], weights=weights).eval()
     if data == "synthetic":
         dataset = build_segmentation_dataset("synthetic", None, "val", num_images=images, size=(128, 128), seed=0)
     else:
@@ -241,8 +263,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", type=Path, default=None,
                         help="photo benchmark folder (default: $DENSESSL_DATA/photos or ~/.cache/densessl/photos)")
     parser.add_argument("--variants", nargs="+", default=None, choices=ALL_VARIANTS,
-                        help="default: every variant of the data set")
+                        help="default: every variant of the data set (photos: the README table's rows, all but "
+                             "vicregl_a0.9)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--arch", choices=list(ARCHS), default="resnet18",
+                        help="backbone of every pretrained variant and of the random init (recipes "
+                             "configs/pretrain/<method>_<arch>_<data>.yaml; vit_tiny has no DenseCL / PixPro recipe)")
     parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the recipe's)")
     parser.add_argument("--input-size", type=int, default=224, help="segmentation eval input size")
     parser.add_argument("--view", default="groups", choices=["groups", "figure", "coarse", "seen"],
@@ -253,18 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", nargs="+", default=None,
                         help="feature protocols to evaluate (photos: last l34; default: all of the data set)")
     parser.add_argument("--no-match", action="store_true", help="skip the match precision")
-    parser.add_argument("--detection", action="store_true",
-                        help="photos: also fine-tune the photo detection recipe from each backbone (box AP, AP50)")
+    parser.add_argument("--detection", action=argparse.BooleanOptionalAction, default=None,
+                        help="also fine-tune the photo detection recipe from each backbone (box AP, AP50); "
+                             "default: on for --data photos, where it is a column of the README table")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: benchmarks/runs/quality_<data>")
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/quality.json (synthetic), results/quality_photos.json")
     args = parser.parse_args(argv)
-    table = variants(args.data)
-    chosen = args.variants or list(table)
+    table = variants(args.data, args.arch)
+    chosen = args.variants or default_variants(args.data, args.arch)
     unknown = [v for v in chosen if v not in table]
     if unknown:
-        parser.error(f"variants {unknown} do not exist for --data {args.data}")
+        parser.error(f"variants {unknown} do not exist for --data {args.data} --arch {args.arch} (no recipe)")
     cache = Path(os.environ.get("DENSESSL_DATA", Path.home() / ".cache" / "densessl"))
     data_root = (args.data_root or cache / "photos").expanduser()
     if args.data == "photos" and not (data_root / "seg" / "classes.txt").is_file():
@@ -272,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
                      f"(or pass --data-root)")
     if args.detection and args.data != "photos":
         parser.error("--detection needs --data photos (the synthetic detection table is in the README)")
+    if args.detection and args.arch != "resnet18":
+        parser.error(f"--detection fine-tunes a ResNet-18 FPN detector ({DETECTION_RECIPE}); add --no-detection "
+                     f"for --arch {args.arch}")
+    if args.detection is None:
+        args.detection = detection_by_default(args.data, args.view, args.arch)
     if args.detection and not (data_root / "seg" / "annotations" / "instances_val.json").is_file():
         parser.error(f"--detection needs the benchmark's COCO instances at {data_root / 'seg' / 'annotations'}: "
                      f"rebuild it with `bash scripts/get_real_data.sh`")
@@ -281,8 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.view != "groups" and not (view_root / "classes.txt").is_file():
         parser.error(f"--view {args.view} needs the benchmark's label views at {view_root}: run "
                      f"`bash scripts/get_real_data.sh` (it adds them to a built benchmark)")
-    work_dir = args.work_dir or HERE / "runs" / ("quality" if args.data == "synthetic" else f"quality_{args.data}")
-    out = args.out or RESULTS / ("quality.json" if args.data == "synthetic" else f"quality_{args.data}.json")
+    name = ("quality" if args.data == "synthetic" else f"quality_{args.data}") + (
+        "" if args.arch == "resnet18" else f"_{args.arch}")
+    work_dir = args.work_dir or HERE / "runs" / name
+    out = args.out or RESULTS / f"{name}.json"
     protocols = PROTOCOL_LEVELS[args.data]
     if args.protocols:
         unknown = [p for p in args.protocols if p not in protocols]
@@ -302,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             seconds = 0.0
             weights = variant if variant in ("random", "edges") else None
             if weights is None:
-                seconds = pretrain(variant, args.data, data_root, seed, run_dir, args.epochs, args.threads)
+                seconds = pretrain(variant, args.data, data_root, seed, run_dir, args.epochs, args.threads,
+                                   args.arch)
                 weights = str(run_dir / "backbone.pt")
             scores: dict[str, float] = {}
             for suffix, levels in protocols.items():
@@ -314,12 +349,13 @@ def main(argv: list[str] | None = None) -> int:
                 for protocol in ("linear", "knn"):
                     scores[protocol + tag] = evaluate(weights, seed, protocol, run_dir / f"{protocol}{tag}.json",
                                                       args.input_size, args.threads, args.data, data_root, levels,
-                                                      args.view)
+                                                      args.view, args.arch)
             if variant != "edges" and not args.no_match:
                 file = None if weights == "random" else weights  # None: the random init of this seed
                 scores["match"] = match_score(file, seed, args.match_images, args.match_size, run_dir / "match.json",
-                                              args.data, data_root)
-                ranks = rankme_scores(file, seed, args.match_images, args.data, data_root, run_dir / "rankme.json")
+                                              args.data, data_root, args.arch)
+                ranks = rankme_scores(file, seed, args.match_images, args.data, data_root, run_dir / "rankme.json",
+                                      args.arch)
                 scores["rankme_dense"] = ranks["rankme_dense"]
             if args.detection and variant != "edges":
                 scores.update(detection_scores(weights, seed, data_root, run_dir, args.threads))
@@ -341,8 +377,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": info,
-        "settings": {"data": args.data, "view": args.view, "seeds": args.seeds, "epochs": args.epochs,
-                     "input_size": args.input_size,
+        "settings": {"data": args.data, "arch": ARCHS[args.arch], "view": args.view, "seeds": args.seeds,
+                     "epochs": args.epochs, "input_size": args.input_size,
                      "protocol_levels": protocols, "match_images": args.match_images,
                      "match_size": args.match_size, "threads": args.threads,
                      "detection": DETECTION_RECIPE if args.detection else None,

@@ -57,3 +57,24 @@ def test_detection_needs_the_photo_data(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit):
         quality.main(["--data", "synthetic", "--detection"])
     assert "--detection needs --data photos" in capsys.readouterr().err
+
+
+def test_the_plain_photo_command_runs_the_readme_table() -> None:
+    """``quality.py --data photos --seeds 0 1 2`` (the issue's reproduction command) must produce every row and column
+    of the README's photo table: all variants but alpha 0.9, with the detection column."""
+    assert quality.default_variants("photos") == ["random", "edges", "vicreg", "vicregl_a0.75", "geometric", "learned",
+                                                  "densecl", "pixpro"]
+    assert "vicregl_a0.9" in quality.default_variants("synthetic")
+    assert quality.detection_by_default("photos", "groups")
+    assert not quality.detection_by_default("photos", "figure")  # label views: segmentation only
+    assert not quality.detection_by_default("synthetic", "groups")
+
+
+def test_vit_tiny_rows_use_the_vit_recipes_and_skip_detection(capsys: pytest.CaptureFixture[str]) -> None:
+    table = quality.variants("photos", "vit_tiny")
+    assert table["vicregl_a0.75"][0] == "configs/pretrain/vicregl_vit_tiny_photos.yaml"
+    assert "densecl" not in table and "pixpro" not in table  # no ViT recipe for them
+    assert not quality.detection_by_default("photos", "groups", "vit_tiny")
+    with pytest.raises(SystemExit):
+        quality.main(["--data", "photos", "--arch", "vit_tiny", "--variants", "densecl"])
+    assert "variants ['densecl'] do not exist for --data photos --arch vit_tiny" in capsys.readouterr().err
