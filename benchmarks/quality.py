@@ -125,8 +125,9 @@ def run(cmd: list[str], log: Path, threads: int) -> None:
 
 
 def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path, epochs: int | None,
-             threads: int, arch: str = "resnet18") -> float:
-    """Pretrain (or reuse / resume) one variant; returns the wall time of the pretraining in seconds."""
+             threads: int, arch: str = "resnet18", extra: tuple[str, ...] = ()) -> float:
+    """Pretrain (or reuse / resume) one variant; returns the wall time of the pretraining in seconds. ``extra``:
+    ``key=value`` overrides applied after the variant's own (``--pretrain-set``)."""
     config, overrides = variants(data, arch)[variant]
     if data == "photos":
         overrides = [f"data.root={data_root / 'pretrain'}", *overrides]
@@ -138,6 +139,7 @@ def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path,
            "train.progress=false", "train.diagnostics_every=0", "train.tensorboard=false", *overrides]
     if epochs is not None:
         cmd.append(f"train.epochs={epochs}")
+    cmd += list(extra)
     if (run_dir / "checkpoints" / "last.pt").exists():
         cmd.append("--resume")
     start = time.perf_counter()
@@ -270,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="backbone of every pretrained variant and of the random init (recipes "
                              "configs/pretrain/<method>_<arch>_<data>.yaml; vit_tiny has no DenseCL / PixPro recipe)")
     parser.add_argument("--epochs", type=int, default=None, help="pretraining epochs (default: the recipe's)")
+    parser.add_argument("--pretrain-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config overrides for every pretraining, after the variant's own (a recipe ablation, "
+                             "e.g. vicregl.projector=1024-1024-128); needs --work-dir, so that its runs are not "
+                             "mixed with the recipe's cached ones")
     parser.add_argument("--input-size", type=int, default=224, help="segmentation eval input size")
     parser.add_argument("--view", default="groups", choices=["groups", "figure", "coarse", "seen"],
                         help="photos: the label view to evaluate (groups: the benchmark's 9 groups; the others are "
@@ -292,6 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [v for v in chosen if v not in table]
     if unknown:
         parser.error(f"variants {unknown} do not exist for --data {args.data} --arch {args.arch} (no recipe)")
+    if args.pretrain_set and args.work_dir is None:
+        parser.error("--pretrain-set changes the pretraining: give it its own --work-dir (the default one caches the "
+                     "recipe's runs)")
+    if args.detection and args.arch != "resnet18":
+        parser.error(f"--detection fine-tunes a ResNet-18 FPN detector ({DETECTION_RECIPE}); add --no-detection "
+                     f"for --arch {args.arch}")
     cache = Path(os.environ.get("DENSESSL_DATA", Path.home() / ".cache" / "densessl"))
     data_root = (args.data_root or cache / "photos").expanduser()
     if args.data == "photos" and not (data_root / "seg" / "classes.txt").is_file():
@@ -299,9 +311,6 @@ def main(argv: list[str] | None = None) -> int:
                      f"(or pass --data-root)")
     if args.detection and args.data != "photos":
         parser.error("--detection needs --data photos (the synthetic detection table is in the README)")
-    if args.detection and args.arch != "resnet18":
-        parser.error(f"--detection fine-tunes a ResNet-18 FPN detector ({DETECTION_RECIPE}); add --no-detection "
-                     f"for --arch {args.arch}")
     if args.detection is None:
         args.detection = detection_by_default(args.data, args.view, args.arch)
     if args.detection and not (data_root / "seg" / "annotations" / "instances_val.json").is_file():
@@ -337,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             weights = variant if variant in ("random", "edges") else None
             if weights is None:
                 seconds = pretrain(variant, args.data, data_root, seed, run_dir, args.epochs, args.threads,
-                                   args.arch)
+                                   args.arch, tuple(args.pretrain_set))
                 weights = str(run_dir / "backbone.pt")
             scores: dict[str, float] = {}
             for suffix, levels in protocols.items():
@@ -378,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps({
         "machine": info,
         "settings": {"data": args.data, "arch": ARCHS[args.arch], "view": args.view, "seeds": args.seeds,
-                     "epochs": args.epochs, "input_size": args.input_size,
+                     "epochs": args.epochs, "pretrain_set": args.pretrain_set, "input_size": args.input_size,
                      "protocol_levels": protocols, "match_images": args.match_images,
                      "match_size": args.match_size, "threads": args.threads,
                      "detection": DETECTION_RECIPE if args.detection else None,

@@ -78,3 +78,17 @@ def test_vit_tiny_rows_use_the_vit_recipes_and_skip_detection(capsys: pytest.Cap
     with pytest.raises(SystemExit):
         quality.main(["--data", "photos", "--arch", "vit_tiny", "--variants", "densecl"])
     assert "variants ['densecl'] do not exist for --data photos --arch vit_tiny" in capsys.readouterr().err
+
+
+def test_pretrain_set_needs_its_own_work_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        quality.main(["--data", "photos", "--variants", "vicreg", "--pretrain-set", "vicregl.projector=64-64-16"])
+    assert "--pretrain-set changes the pretraining: give it its own --work-dir" in capsys.readouterr().err
+
+
+def test_pretrain_set_reaches_the_training_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    commands = []
+    monkeypatch.setattr(quality, "run", lambda cmd, log, threads: commands.append(cmd))
+    quality.pretrain("vicreg", "photos", tmp_path / "photos", 0, tmp_path / "run", None, 1,
+                     extra=("vicregl.projector=64-64-16",))
+    assert commands[0][-2:] == ["vicregl.alpha=1.0", "vicregl.projector=64-64-16"]  # after the variant's own
