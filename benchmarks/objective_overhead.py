@@ -131,12 +131,12 @@ class Stepper:
             module.to(device).train()
         if self.teacher is not None:
             self.teacher.to(device)
-        backbones = [self.backbone] + ([self.teacher] if self.teacher is not None else [])
+        teacher = [self.teacher] if self.teacher is not None else []
         if self.options.channels_last:  # as pretraining: every module, and NHWC images in encode_views
-            for module in [*modules, *backbones[1:]]:
+            for module in [*modules, *teacher]:
                 module.to(memory_format=torch.channels_last)
         if self.options.compile:  # as pretraining: backbone and teacher in place
-            for module in backbones:
+            for module in [self.backbone, *teacher]:
                 compile_in_place(module, self.options.compile_backend)
         self.optimizer = build_optimizer(modules, OptimConfig())
         for group in self.optimizer.param_groups:
