@@ -39,11 +39,12 @@ densecl         the DenseCL recipe of the data, same epochs
 pixpro          the PixPro recipe of the data, same epochs
 ==============  ====================================================================================
 
-Each (variant, seed) pretraining runs ``densessl.cli.train`` in a subprocess into ``--work-dir/<variant>_s<seed>``;
-a finished run (``backbone.pt`` present) is reused and an interrupted one resumed, so the script can be stopped and
-restarted. Evaluations are cached as JSON next to the run. Runs go seed by seed (every variant of seed 0 first), so
-a partial run still gives a balanced table. The table shows mean ± sample standard deviation over seeds and the
-pretraining wall time.
+Each (variant, seed) pretraining runs ``densessl.cli.train`` in a subprocess into ``--work-dir/<variant>_s<seed>``; a
+finished run (``backbone.pt`` present) is reused and an interrupted one resumed, so the script can be stopped and
+restarted; a run whose ``config.yaml`` differs from what the command asks (another ``--epochs`` or ``--pretrain-set``)
+is refused, never scored under the wrong settings. Evaluations are cached as JSON next to the run. Runs go seed by
+seed (every variant of seed 0 first), so a partial run still gives a balanced table. The table shows mean ± sample
+standard deviation over seeds and the pretraining wall time.
 
 Usage::
 
@@ -131,15 +132,14 @@ def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path,
     config, overrides = variants(data, arch)[variant]
     if data == "photos":
         overrides = [f"data.root={data_root / 'pretrain'}", *overrides]
+    settings = [f"train.seed={seed}", "train.progress=false", "train.diagnostics_every=0", "train.tensorboard=false",
+                *overrides, *([f"train.epochs={epochs}"] if epochs is not None else []), *extra]
+    check_reused_run(run_dir, config, settings)
     timing = run_dir / "pretrain_time.json"
     if (run_dir / "backbone.pt").exists() and timing.exists():
         return json.loads(timing.read_text())["seconds"]
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "densessl.cli.train", config, "--output-dir", str(run_dir), f"train.seed={seed}",
-           "train.progress=false", "train.diagnostics_every=0", "train.tensorboard=false", *overrides]
-    if epochs is not None:
-        cmd.append(f"train.epochs={epochs}")
-    cmd += list(extra)
+    cmd = [sys.executable, "-m", "densessl.cli.train", config, "--output-dir", str(run_dir), *settings]
     if (run_dir / "checkpoints" / "last.pt").exists():
         cmd.append("--resume")
     start = time.perf_counter()
@@ -147,6 +147,37 @@ def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path,
     seconds = time.perf_counter() - start
     timing.write_text(json.dumps({"seconds": seconds, "resumed": "--resume" in cmd}))
     return seconds
+
+
+# Keys that do not change the pretrained weights: a cached run may differ in them.
+_RUN_KEYS_IGNORED = ("train.progress", "train.log_every", "train.tensorboard", "train.diagnostics_every",
+                     "train.device", "data.num_workers")
+
+
+def check_reused_run(run_dir: Path, config: str, settings: list[str]) -> None:
+    """Refuse to reuse (or resume) the run in ``run_dir`` when its ``config.yaml`` differs from what this command
+    would pretrain (another ``--epochs``, ``--pretrain-set`` or recipe): its scores would be filed under the wrong
+    settings. Keys only one side has (a newer schema) and ``_RUN_KEYS_IGNORED`` are not compared.
+
+    Raises:
+        SystemExit: The differing keys, and how to proceed.
+    """
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    import yaml
+
+    from densessl.config import load_config
+    from densessl.config_io import flatten, to_dict
+
+    saved = flatten(yaml.safe_load(saved_path.read_text()) or {})
+    wanted = flatten(to_dict(load_config(ROOT / config, settings)))
+    changed = {key: (saved[key], wanted[key]) for key in sorted(set(saved) & set(wanted))
+               if saved[key] != wanted[key] and key not in _RUN_KEYS_IGNORED}
+    if changed:
+        listing = "; ".join(f"{key}: run {old!r}, asked {new!r}" for key, (old, new) in changed.items())
+        sys.exit(f"error: {run_dir} holds a run pretrained with other settings ({listing}). Give this command its own "
+                 f"--work-dir, or delete that run directory to pretrain it again")
 
 
 def seg_root(data_root: Path, view: str) -> Path:

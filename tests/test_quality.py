@@ -92,3 +92,25 @@ def test_pretrain_set_reaches_the_training_command(tmp_path: Path, monkeypatch: 
     quality.pretrain("vicreg", "photos", tmp_path / "photos", 0, tmp_path / "run", None, 1,
                      extra=("vicregl.projector=64-64-16",))
     assert commands[0][-2:] == ["vicregl.alpha=1.0", "vicregl.projector=64-64-16"]  # after the variant's own
+
+
+def test_a_cached_run_of_other_settings_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from densessl.config import load_config
+    from densessl.config_io import save_config
+
+    commands = []
+    monkeypatch.setattr(quality, "run", lambda cmd, log, threads: commands.append(cmd))
+    data_root, run_dir = tmp_path / "photos", tmp_path / "run"
+    config, overrides = quality.variants("photos")["vicreg"]
+    run_dir.mkdir()
+    save_config(load_config(quality.ROOT / config, [f"data.root={data_root / 'pretrain'}", *overrides,
+                                                    "train.seed=0"]), run_dir / "config.yaml")
+    (run_dir / "backbone.pt").write_bytes(b"")
+    (run_dir / "pretrain_time.json").write_text(json.dumps({"seconds": 5.0}))
+    assert quality.pretrain("vicreg", "photos", data_root, 0, run_dir, None, 1) == 5.0  # same settings: reused
+    with pytest.raises(SystemExit, match=r"train\.epochs: run 12, asked 24.*own --work-dir"):
+        quality.pretrain("vicreg", "photos", data_root, 0, run_dir, 24, 1)
+    with pytest.raises(SystemExit, match=r"vicregl\.projector: run '1024-1024-1024', asked '64-64-16'"):
+        quality.pretrain("vicreg", "photos", data_root, 0, run_dir, None, 1, extra=("vicregl.projector=64-64-16",))
+    assert commands == []  # nothing was pretrained
