@@ -3,7 +3,9 @@
 An experiment YAML lists only what it changes; the command line overrides single values as ``key.sub=value``
 (``tools/train.py CONFIG optim.base_lr=0.3 data.batch_size=512``). Loading, type checking and "did you mean"
 errors live in ``densessl.config_io``; this module only declares the schema and its value checks. A field with a fixed
-set of values is a ``Literal[...]``, which the loader checks (``train.precision=fp8`` -> "must be one of ...").
+set of values is a ``Literal[...]``, which the loader checks (``train.precision=fp8`` -> "must be one of ..."), and so
+is a numeric field annotated with a ``Range`` (``train.epochs=0`` -> "must be >= 1, got 0"); the ``validate()``
+methods hold only the checks that involve several fields.
 
 Batch sizes are **global** (summed over processes and accumulation steps), as in the official VICRegL code, so a
 recipe means the same thing on 1 GPU or 32: each process sees ``batch_size / (world_size * accumulate)`` images
@@ -15,8 +17,9 @@ from __future__ import annotations
 import os
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
+from densessl.config_io import Range
 from densessl.config_io import load_config as _load
 from densessl.data.transforms import MultiCropConfig
 from densessl.objectives.densecl import DenseCLConfig
@@ -63,10 +66,10 @@ class DataConfig:
 
     source: Literal["synthetic", "folder"] = "synthetic"
     root: str | None = None
-    synthetic_images: int = 2000
-    synthetic_size: int = 128
-    batch_size: int = 64
-    num_workers: int = 2
+    synthetic_images: Annotated[int, Range(ge=1)] = 2000
+    synthetic_size: Annotated[int, Range(ge=32)] = 128
+    batch_size: Annotated[int, Range(ge=2)] = 64  # >= 2: the variance term needs two samples
+    num_workers: Annotated[int, Range(ge=0)] = 2
     strict: bool = False
     augment_on: Literal["loader", "device"] = "loader"
     fast_decode: bool = False
@@ -75,12 +78,6 @@ class DataConfig:
     def validate(self) -> None:
         if self.source == "folder" and not self.root:
             raise ValueError("root: data.source=folder needs data.root=/path/to/images")
-        if self.batch_size < 2:
-            raise ValueError(f"batch_size: must be >= 2 (variance needs two samples), got {self.batch_size}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers: must be >= 0, got {self.num_workers}")
-        if self.synthetic_images < 1 or self.synthetic_size < 32:
-            raise ValueError("synthetic_images must be >= 1 and synthetic_size >= 32")
 
 
 @dataclass
@@ -88,33 +85,23 @@ class OptimConfig:
     """Optimizer and per-iteration schedule (linear warm-up, then cosine to ``end_lr_ratio`` of the peak)."""
 
     name: Literal["lars", "adamw", "sgd"] = "lars"
-    base_lr: float = 0.2
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    lars_eta: float = 1e-3
-    warmup_epochs: float = 10.0
-    end_lr_ratio: float = 1e-3
-    clip_grad: float | None = None
-    accumulate: int = 1
-
-    def validate(self) -> None:
-        if self.base_lr <= 0:
-            raise ValueError(f"base_lr: must be > 0, got {self.base_lr}")
-        if self.weight_decay < 0 or self.warmup_epochs < 0 or not 0 <= self.end_lr_ratio <= 1:
-            raise ValueError("weight_decay and warmup_epochs must be >= 0 and end_lr_ratio in [0, 1]")
-        if self.accumulate < 1:
-            raise ValueError(f"accumulate: must be >= 1, got {self.accumulate}")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad: must be > 0 or null, got {self.clip_grad}")
+    base_lr: Annotated[float, Range(gt=0)] = 0.2
+    weight_decay: Annotated[float, Range(ge=0)] = 1e-6
+    momentum: Annotated[float, Range(ge=0)] = 0.9
+    betas: Annotated[tuple[float, float], Range(ge=0, lt=1)] = (0.9, 0.999)
+    lars_eta: Annotated[float, Range(gt=0)] = 1e-3
+    warmup_epochs: Annotated[float, Range(ge=0)] = 10.0
+    end_lr_ratio: Annotated[float, Range(ge=0, le=1)] = 1e-3
+    clip_grad: Annotated[float | None, Range(gt=0)] = None
+    accumulate: Annotated[int, Range(ge=1)] = 1
 
 
 @dataclass
 class TrainConfig:
     """Loop, precision, logging and checkpoint settings."""
 
-    epochs: int = 100
-    max_iters: int | None = None
+    epochs: Annotated[int, Range(ge=1)] = 100
+    max_iters: Annotated[int | None, Range(ge=1)] = None
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N (any torch device name)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -127,27 +114,15 @@ class TrainConfig:
     # e.g. "aot_eager" (graph capture and AOT autograd without code generation: quick to compile, for debugging).
     compile_backend: str = "inductor"
     sync_bn: bool = True
-    log_every: int = 10
-    checkpoint_every_epochs: int = 1
-    checkpoint_every_iters: int | None = None
-    keep_every_epochs: int | None = None
+    log_every: Annotated[int, Range(ge=1)] = 10
+    checkpoint_every_epochs: Annotated[int, Range(ge=1)] = 1
+    checkpoint_every_iters: Annotated[int | None, Range(ge=1)] = None
+    keep_every_epochs: Annotated[int | None, Range(ge=1)] = None
     tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard (the tensorboard extra)
     progress: bool = True
-    diagnostics_every: int = 0
-    diagnostics_images: int = 32
-    diagnostics_size: int = 224
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise ValueError(f"epochs: must be >= 1, got {self.epochs}")
-        if self.max_iters is not None and self.max_iters < 1:
-            raise ValueError(f"max_iters: must be >= 1 or null, got {self.max_iters}")
-        if self.log_every < 1 or self.checkpoint_every_epochs < 1:
-            raise ValueError("log_every and checkpoint_every_epochs must be >= 1")
-        if self.checkpoint_every_iters is not None and self.checkpoint_every_iters < 1:
-            raise ValueError("checkpoint_every_iters: must be >= 1 or null")
-        if self.diagnostics_every < 0 or self.diagnostics_images < 1 or self.diagnostics_size < 32:
-            raise ValueError("diagnostics_every must be >= 0 (0 = off), diagnostics_images >= 1, diagnostics_size >= 32")
+    diagnostics_every: Annotated[int, Range(ge=0)] = 0  # 0: off
+    diagnostics_images: Annotated[int, Range(ge=1)] = 32
+    diagnostics_size: Annotated[int, Range(ge=32)] = 224
 
 
 @dataclass

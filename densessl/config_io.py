@@ -30,8 +30,12 @@ with the full dotted key, e.g. ``optim.lr: expected float, got 'abc' (str)``.
 
 A field that takes one of a fixed set of values is annotated ``Literal[...]``
 and needs no hand-written check: ``train.precision: must be one of 'auto',
-'fp32', 'bf16', 'fp16', got 'bf61'; did you mean 'bf16'?``. A config that is
-also built directly in Python calls :func:`check_choices` from its ``validate()``.
+'fp32', 'bf16', 'fp16', got 'bf61'; did you mean 'bf16'?``. A numeric field
+with bounds is annotated ``Annotated[int, Range(ge=1)]`` (every item of a
+list/tuple field is checked; ``None`` passes for ``X | None`` fields) and needs
+no hand-written check either: ``train.epochs: must be >= 1, got 0``.
+``validate()`` keeps only what involves several fields. A config that is also
+built directly in Python calls :func:`check_fields` from its ``validate()``.
 
 YAML is read with a safe loader that also resolves scientific notation without
 a dot (``1e-3``) as a float, which plain YAML 1.1 reads as a string.
@@ -49,7 +53,7 @@ import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypeVar, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 
@@ -57,7 +61,8 @@ from densessl.atomic import atomic_write_text
 
 __all__ = [
     "ConfigError",
-    "check_choices",
+    "Range",
+    "check_fields",
     "flatten",
     "from_dict",
     "load_config",
@@ -85,6 +90,35 @@ class ConfigError(ValueError):
     def __init__(self, message: str, key: str | None = None) -> None:
         super().__init__(message)
         self.key = key
+
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric config field, checked with the ``Literal`` choices: ``Annotated[float, Range(gt=0)]``.
+
+    ``ge`` / ``gt``: inclusive / exclusive lower bound; ``le`` / ``lt``: inclusive / exclusive upper bound. On a
+    list or tuple field every item must hold.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` is within the bounds."""
+        return ((self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+                and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt))
+
+    def describe(self) -> str:
+        """``>= 1``, ``> 0``, ``in [0, 1]``, ``in [0, 1)``, ``<= 0.5``."""
+        low, high = (self.ge, "[") if self.ge is not None else (self.gt, "(")
+        top, close = (self.le, "]") if self.le is not None else (self.lt, ")")
+        if low is not None and top is not None:
+            return f"in {high}{low:g}, {top:g}{close}"
+        if low is not None:
+            return f"{'>=' if high == '[' else '>'} {low:g}"
+        return f"{'<=' if close == ']' else '<'} {top:g}"
 
 
 # --------------------------------------------------------------------------- #
@@ -541,40 +575,65 @@ def _literal_choices(tp: Any) -> tuple[tuple[Any, ...], bool] | None:
     return (typing.get_args(tp), nullable) if _is_literal(tp) else None
 
 
-def _check_choices(obj: Any, path: str) -> None:
-    """Raise ConfigError (key ``path.field``) for a ``Literal`` field of dataclass ``obj`` holding another value."""
+@functools.lru_cache(maxsize=None)
+def _field_ranges(cls: type) -> dict[str, Range]:
+    """Field name -> its ``Range`` for the fields of dataclass ``cls`` annotated ``Annotated[..., Range(...)]``
+    (also inside ``X | None``)."""
+    ranges = {}
+    for name, tp in typing.get_type_hints(cls, include_extras=True).items():
+        candidates = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
+        for candidate in (tp, *candidates):
+            if typing.get_origin(candidate) is Annotated:
+                ranges.update({name: extra for extra in candidate.__metadata__ if isinstance(extra, Range)})
+    return ranges
+
+
+def _check_fields(obj: Any, path: str) -> None:
+    """Raise ConfigError (key ``path.field``) for a ``Literal`` field of dataclass ``obj`` holding another value, or a
+    ``Range`` field out of its bounds."""
     try:
         fields = _config_fields(type(obj))
+        ranges = _field_ranges(type(obj))
     except (NameError, TypeError):  # annotations that do not resolve: not a schema node, nothing to check
         return
     for name, (_, tp) in fields.items():
-        spec = _literal_choices(tp)
-        if spec is None:
-            continue
-        choices, nullable = spec
         value = getattr(obj, name)
-        if not (_in_choices(value, choices) or (nullable and value is None)):
-            raise _choice_error(_join(path, name), choices, value, nullable)
+        spec = _literal_choices(tp)
+        if spec is not None:
+            choices, nullable = spec
+            if not (_in_choices(value, choices) or (nullable and value is None)):
+                raise _choice_error(_join(path, name), choices, value, nullable)
+        bounds = ranges.get(name)
+        if bounds is None or value is None:
+            continue
+        items = value if isinstance(value, (list, tuple)) else [value]
+        if not all(isinstance(item, (int, float)) and bounds.holds(item) for item in items):
+            nullable = _strip_optional(tp) is not tp
+            each = "every item " if isinstance(value, (list, tuple)) else ""
+            raise _fail(_join(path, name), f"{each}must be {bounds.describe()}{' or null' if nullable else ''}, "
+                                           f"got {_short_repr(value)}")
 
 
-def check_choices(obj: Any) -> None:
-    """Check every ``Literal[...]`` (or ``Literal[...] | None``) field of dataclass ``obj`` against its choices.
+def check_fields(obj: Any) -> None:
+    """Check every ``Literal[...]`` field of dataclass ``obj`` against its choices and every ``Range`` field against
+    its bounds.
 
-    The loader checks these fields when it reads a value; call this from the ``validate()`` of a config that is
-    also built directly in Python (``VICRegLConfig(preset="paper")``), so that a bad choice fails there too.
-    Nested dataclasses are not visited.
+    The loader checks these fields; call this from the ``validate()`` of a config that is also built directly in
+    Python (``VICRegLConfig(preset="paper")``), so that a bad value fails there too. Nested dataclasses are not
+    visited.
 
     Args:
         obj: A dataclass instance.
 
     Raises:
-        ValueError: ``"<field>: must be one of 'a', 'b', got 'c'; did you mean 'a'?"`` for the first bad field (a
-            plain ``ValueError``, so that :func:`validate_config` prefixes it with the node's dotted path).
+        ValueError: ``"<field>: must be one of 'a', 'b', got 'c'; did you mean 'a'?"`` or ``"<field>: must be >= 1,
+            got 0"`` for the first bad field (a plain ``ValueError``, so that :func:`validate_config` prefixes it
+            with the node's dotted path).
     """
     if not (dataclasses.is_dataclass(obj) and not isinstance(obj, type)):
-        raise TypeError(f"check_choices() expects a dataclass instance, got {type(obj).__name__}")
+        raise TypeError(f"check_fields() expects a dataclass instance, got {type(obj).__name__}")
     try:
-        _check_choices(obj, "")
+        _check_fields(obj, "")
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
 
@@ -582,13 +641,13 @@ def check_choices(obj: Any) -> None:
 def _validate_node(obj: Any, path: str) -> None:
     """Post-order walk: validate children (fields, list/tuple items, dict values) first.
 
-    Each dataclass node has its ``Literal`` fields checked (a config built or changed in Python has not been through
-    ``_coerce``) before its own ``validate()`` runs.
+    Each dataclass node has its ``Literal`` and ``Range`` fields checked (a config built or changed in Python has not
+    been through ``_coerce``) before its own ``validate()`` runs.
     """
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for field in dataclasses.fields(obj):
             _validate_node(getattr(obj, field.name), _join(path, field.name))
-        _check_choices(obj, path)
+        _check_fields(obj, path)
         validate = getattr(obj, "validate", None)
         if callable(validate):
             try:
@@ -619,7 +678,7 @@ def _validation_error(obj: Any, path: str, exc: ValueError) -> ConfigError:
 
 
 def validate_config(cfg: Any) -> None:
-    """Check the ``Literal`` fields of every dataclass node of ``cfg``, then call its ``validate()`` if it has one.
+    """Check the ``Literal`` and ``Range`` fields of every dataclass node of ``cfg``, then call its ``validate()``.
 
     Nodes are visited post-order (children before parents). A ``ValueError``
     raised by ``validate()`` becomes a :class:`ConfigError` prefixed with the

@@ -112,7 +112,7 @@ def test_detection_choices_name_the_key(override: str) -> None:
 
 
 def test_objective_configs_built_in_python_still_reject_bad_choices() -> None:
-    """The objectives and MultiCrop validate their config themselves: ``check_choices`` replaces the hand checks."""
+    """The objectives and MultiCrop validate their config themselves: ``check_fields`` replaces the hand checks."""
     from densessl.data.transforms import MultiCropConfig
     from densessl.objectives import PixProConfig, VICRegConfig, VICRegLConfig
 

@@ -6,14 +6,15 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import pytest
 import yaml
 
 from densessl.config_io import (
     ConfigError,
-    check_choices,
+    Range,
+    check_fields,
     from_dict,
     load_config,
     merge,
@@ -227,7 +228,7 @@ class ChoiceCfg:
     model: ModelCfg = field(default_factory=ModelCfg)
 
     def validate(self) -> None:
-        check_choices(self)
+        check_fields(self)
 
 
 def test_literal_near_miss_suggests_a_choice() -> None:
@@ -251,7 +252,7 @@ def test_literal_of_ints_and_optional_literal(tmp_path: Path) -> None:
 
 
 def test_choices_of_a_config_built_in_python() -> None:
-    """Values set in Python skip the loader's coercion: validate_config and check_choices still catch them."""
+    """Values set in Python skip the loader's coercion: validate_config and check_fields still catch them."""
     bad = ChoiceCfg(model=ModelCfg(arch="resnet19"))  # type: ignore[arg-type]
     with pytest.raises(ConfigError) as info:
         validate_config(bad)
@@ -259,13 +260,65 @@ def test_choices_of_a_config_built_in_python() -> None:
                                "did you mean 'resnet18'?")
     with pytest.raises(ConfigError, match=r"^precision: must be one of .* got 'fp8'"):
         validate_config(ChoiceCfg(precision="fp8"))  # type: ignore[arg-type]
-    # check_choices (for validate() of configs used without the loader) raises a plain ValueError naming the field.
+    # check_fields (for validate() of configs used without the loader) raises a plain ValueError naming the field.
     with pytest.raises(ValueError, match=r"^layers: must be one of 0, 1, 2, got 5$") as raised:
         ChoiceCfg(layers=5).validate()  # type: ignore[arg-type]
     assert not isinstance(raised.value, ConfigError)
     ChoiceCfg(norm="bn").validate()
     with pytest.raises(TypeError, match="dataclass instance"):
-        check_choices(ChoiceCfg)
+        check_fields(ChoiceCfg)
+
+
+@dataclass
+class RangeCfg:
+    epochs: Annotated[int, Range(ge=1)] = 10
+    lr: Annotated[float, Range(gt=0)] = 0.1
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1
+    clip: Annotated[Optional[float], Range(gt=0)] = None
+    sizes: Annotated[list[int], Range(ge=32)] = field(default_factory=lambda: [224])
+    scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.4, 1.0)
+
+    def validate(self) -> None:
+        check_fields(self)
+
+
+def test_range_fields_are_checked_by_the_loader() -> None:
+    assert load_config(RangeCfg, None, ["epochs=1", "clip=null", "sizes=[32,64]", "scale=[0.1,1.0]"]).epochs == 1
+    for override, message in [
+        ("epochs=0", "epochs: must be >= 1, got 0"),
+        ("lr=0", "lr: must be > 0, got 0.0"),
+        ("dropout=1.0", "dropout: must be in [0, 1), got 1.0"),
+        ("clip=-1", "clip: must be > 0 or null, got -1.0"),
+        ("sizes=[16,224]", "sizes: every item must be >= 32, got [16, 224]"),
+        ("scale=[0.0,1.0]", "scale: every item must be in (0, 1], got (0.0, 1.0)"),
+    ]:
+        with pytest.raises(ConfigError) as info:
+            load_config(RangeCfg, None, [override])
+        assert str(info.value) == message and info.value.key == override.split("=")[0]
+
+
+def test_range_fields_of_a_config_built_in_python() -> None:
+    with pytest.raises(ValueError, match=r"^epochs: must be >= 1, got 0$") as raised:
+        RangeCfg(epochs=0).validate()
+    assert not isinstance(raised.value, ConfigError)
+    with pytest.raises(ConfigError, match=r"^lr: must be > 0, got -0.5$"):
+        validate_config(RangeCfg(lr=-0.5))
+    assert [Range(ge=1).describe(), Range(gt=0, le=0.5).describe(), Range(lt=2).describe()] == [
+        ">= 1", "in (0, 0.5]", "< 2"]
+
+
+def test_every_range_of_the_shipped_schemas_holds_for_its_defaults() -> None:
+    """The defaults are valid, and a bound that was only a combined hand check before names its own key now."""
+    from densessl.config import Config
+    from densessl.eval.config import EvalSegConfig
+    from densessl.train.finetune_det import DetConfig
+
+    for cls in (Config, EvalSegConfig, DetConfig):
+        validate_config(cls())
+    with pytest.raises(ConfigError, match=r"^train\.epochs: must be >= 1 or null, got 0$"):
+        validate_config(merge(DetConfig(), {"train": {"epochs": 0, "max_iters": None}}))  # passed unchecked before
+    with pytest.raises(ConfigError, match=r"^data\.multicrop\.blur_p: every item must be in \[0, 1\]"):
+        validate_config(merge(Config(), {"data": {"multicrop": {"blur_p": [1.5, 0.1]}}}))
 
 
 def test_updates_are_applied_after_the_overrides(tmp_path: Path) -> None:

@@ -133,8 +133,8 @@ def test_typo_in_a_card_key_is_one_error_line_naming_it(tmp_path: Path, capsys: 
     [
         ("vicregl_r50_voc_linear", "seg.linear.lrr=0.1", "seg.linear.lrr: unknown key; did you mean 'lr'?"),
         ("vicregl_r50_voc_linear", "seg.arch=resnet18", "seg.arch: set by the card's arch"),
-        ("vicregl_r50_voc_linear", "seg.features.resize_mode=crop", "seg.features: resize_mode must be one of"),
-        ("dino_vits16_voc_knn", "seg.knn.k=0", "seg.knn: k must be >= 1"),
+        ("vicregl_r50_voc_linear", "seg.features.resize_mode=crop", "seg.features.resize_mode: must be one of"),
+        ("dino_vits16_voc_knn", "seg.knn.k=0", "seg.knn.k: must be >= 1, got 0"),
         ("vicregl_r50_voc_linear", "detection.train.max_iters=5", "detection: a seg_linear card has no detection"),
         ("densecl_r50_voc_det_c4", "detection.model.kind=mask_rcnn", "detection.model.neck: c4 is implemented for"),
         ("densecl_r50_voc_det_c4", "detection.model.kind=mask_rcnn detection.model.neck=fpn",

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, NamedTuple
+from typing import Annotated, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -42,7 +42,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
-from densessl.config_io import check_choices
+from densessl.config_io import Range, check_fields
 from densessl.coords import crop_to_box
 from densessl.data.images import to_rgb
 
@@ -63,52 +63,34 @@ class MultiCropConfig:
     ``blur_p[1]`` / ``solarize_p[1]`` (the BYOL asymmetry the official code uses).
     """
 
-    n_global: int = 2
-    global_size: int = 224
-    global_scale: tuple[float, float] = (0.4, 1.0)
-    n_local: int = 6
-    local_size: int = 96
-    local_scale: tuple[float, float] = (0.08, 0.4)
-    ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: tuple[float, float] = (1.0, 0.1)
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    solarize_p: tuple[float, float] = (0.0, 0.2)
+    n_global: Annotated[int, Range(ge=1)] = 2  # >= 1: the losses pair every view with a global view
+    global_size: Annotated[int, Range(ge=8)] = 224
+    global_scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.4, 1.0)
+    n_local: Annotated[int, Range(ge=0)] = 6
+    local_size: Annotated[int, Range(ge=8)] = 96
+    local_scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.08, 0.4)
+    ratio: Annotated[tuple[float, float], Range(gt=0)] = (3.0 / 4.0, 4.0 / 3.0)
+    flip_p: Annotated[float, Range(ge=0, le=1)] = 0.5
+    jitter_p: Annotated[float, Range(ge=0, le=1)] = 0.8
+    brightness: Annotated[float, Range(ge=0)] = 0.4
+    contrast: Annotated[float, Range(ge=0)] = 0.4
+    saturation: Annotated[float, Range(ge=0)] = 0.2
+    hue: Annotated[float, Range(ge=0, le=0.5)] = 0.1
+    grayscale_p: Annotated[float, Range(ge=0, le=1)] = 0.2
+    blur_p: Annotated[tuple[float, float], Range(ge=0, le=1)] = (1.0, 0.1)
+    blur_sigma: Annotated[tuple[float, float], Range(gt=0)] = (0.1, 2.0)
+    solarize_p: Annotated[tuple[float, float], Range(ge=0, le=1)] = (0.0, 0.2)
     interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"  # the keys of _INTERPOLATIONS
     mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    std: Annotated[tuple[float, float, float], Range(gt=0)] = IMAGENET_STD
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
-        check_choices(self)
-        if self.n_global < 1:
-            raise ValueError(f"n_global must be >= 1 (the losses pair every view with a global view), got {self.n_global}")
-        if self.n_local < 0:
-            raise ValueError(f"n_local must be >= 0, got {self.n_local}")
-        for name in ("global_size", "local_size"):
-            if getattr(self, name) < 8:
-                raise ValueError(f"{name} must be >= 8 pixels, got {getattr(self, name)}")
-        for name in ("global_scale", "local_scale"):
+        check_fields(self)
+        for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
             low, high = getattr(self, name)
-            if not 0 < low <= high <= 1:
-                raise ValueError(f"{name} must satisfy 0 < low <= high <= 1, got {getattr(self, name)}")
-        if not 0 < self.ratio[0] <= self.ratio[1]:
-            raise ValueError(f"ratio must satisfy 0 < low <= high, got {self.ratio}")
-        probs = [self.flip_p, self.jitter_p, self.grayscale_p, *self.blur_p, *self.solarize_p]
-        if any(not 0.0 <= p <= 1.0 for p in probs):
-            raise ValueError(f"probabilities must be in [0, 1], got {probs}")
-        if not 0 < self.blur_sigma[0] <= self.blur_sigma[1]:
-            raise ValueError(f"blur_sigma must satisfy 0 < low <= high, got {self.blur_sigma}")
-        if self.hue < 0 or self.hue > 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {self.hue}")
-        if any(s <= 0 for s in self.std):
-            raise ValueError(f"std must be positive, got {self.std}")
+            if low > high:
+                raise ValueError(f"{name}: must be (low, high) with low <= high, got {getattr(self, name)}")
 
     @property
     def sizes(self) -> list[int]:

@@ -22,9 +22,9 @@ import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from densessl.config_io import load_config
+from densessl.config_io import Range, load_config
 from densessl.eval.features import FeatureConfig
 from densessl.eval.knn import KNNConfig, KNNRetrievalConfig
 from densessl.eval.linear_seg import LinearHeadConfig, LinearProbeConfig
@@ -49,15 +49,9 @@ class SyntheticSegConfig:
         size: Side of the square images.
     """
 
-    train_images: int = 400
-    val_images: int = 100
-    size: int = 128
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first impossible value."""
-        for name in ("train_images", "val_images", "size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
+    train_images: Annotated[int, Range(ge=1)] = 400
+    val_images: Annotated[int, Range(ge=1)] = 100
+    size: Annotated[int, Range(ge=1)] = 128
 
 
 @dataclass
@@ -89,10 +83,10 @@ class EvalSegConfig:
     data_root: str | None = None
     protocol: Protocol | None = None
     out: str | None = None
-    num_classes: int | None = None
-    ignore_index: int = 255
+    num_classes: Annotated[int | None, Range(ge=1)] = None
+    ignore_index: Annotated[int, Range(ge=0, le=255)] = 255  # a mask value
     seed: int = 0
-    num_threads: int | None = None
+    num_threads: Annotated[int | None, Range(ge=1)] = None
     features: FeatureConfig = field(default_factory=FeatureConfig)
     linear: LinearHeadConfig = field(default_factory=LinearHeadConfig)
     knn: KNNRetrievalConfig = field(default_factory=KNNRetrievalConfig)
@@ -102,12 +96,6 @@ class EvalSegConfig:
         """Raise ``ValueError`` naming the first impossible value (unset required fields are :meth:`missing`)."""
         if self.weights == "":
             raise ValueError("weights: must be a weights file or 'random', got ''")
-        if self.num_classes is not None and self.num_classes < 1:
-            raise ValueError(f"num_classes: must be >= 1 or null, got {self.num_classes}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads: must be >= 1 or null, got {self.num_threads}")
-        if not 0 <= self.ignore_index <= 255:
-            raise ValueError(f"ignore_index: must be a mask value in [0, 255], got {self.ignore_index}")
 
     def missing(self) -> list[str]:
         """The required fields (``weights``, ``dataset``, ``protocol``) that are not set, in that order."""

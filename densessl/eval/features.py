@@ -17,8 +17,9 @@ in the VICRegL ConvNeXt segmentation protocol).
 from __future__ import annotations
 
 import logging
+import typing
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Annotated, Iterator, Literal, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from densessl.config_io import Range, check_fields
 from densessl.data.images import to_rgb
 from densessl.data.segmentation import SegSample
 from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
@@ -50,7 +52,8 @@ __all__ = [
 
 logger = logging.getLogger("densessl")
 
-RESIZE_MODES = ("shorter_crop", "square")
+ResizeMode = Literal["shorter_crop", "square"]
+RESIZE_MODES: tuple[str, ...] = typing.get_args(ResizeMode)
 _FLOAT16_MAX = 65504.0
 
 
@@ -68,26 +71,19 @@ class FeatureConfig:
         progress: Show tqdm progress bars.
     """
 
-    input_size: int = 128
-    resize_mode: str = "shorter_crop"
+    input_size: Annotated[int, Range(ge=8)] = 128
+    resize_mode: ResizeMode = "shorter_crop"
     levels: tuple[int, ...] = (-1,)
-    batch_size: int = 32
-    num_workers: int = 0
+    batch_size: Annotated[int, Range(ge=1)] = 32
+    num_workers: Annotated[int, Range(ge=0)] = 0
     device: str | None = None
     progress: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
-        if self.input_size < 8:
-            raise ValueError(f"input_size must be >= 8 pixels, got {self.input_size}")
-        if self.resize_mode not in RESIZE_MODES:
-            raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, got {self.resize_mode!r}")
+        check_fields(self)
         if not self.levels:
-            raise ValueError("levels must name at least one backbone level, got ()")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+            raise ValueError("levels: must name at least one backbone level, got ()")
 
 
 class SegEvalTransform:

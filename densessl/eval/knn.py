@@ -29,7 +29,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor, nn
 
+from densessl.config_io import Range, check_fields
 from densessl.data.images import to_rgb
 from densessl.data.segmentation import SegSample
 from densessl.data.transforms import sample_crop
@@ -89,32 +90,20 @@ class KNNRetrievalConfig:
         use_faiss: Use ``faiss.IndexFlatIP`` if faiss imports (falls back to torch otherwise).
     """
 
-    k: int = 30
-    temperature: float = 0.02
-    memory_size: int = 1_024_000
-    augment_memory: int = 0
-    augment_scale: tuple[float, float] = (0.25, 1.0)
-    query_chunk_size: int = 1024
-    memory_chunk_size: int = 65536
+    k: Annotated[int, Range(ge=1)] = 30
+    temperature: Annotated[float, Range(gt=0)] = 0.02
+    memory_size: Annotated[int, Range(ge=1)] = 1_024_000
+    augment_memory: Annotated[int, Range(ge=0)] = 0
+    augment_scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.25, 1.0)
+    query_chunk_size: Annotated[int, Range(ge=1)] = 1024
+    memory_chunk_size: Annotated[int, Range(ge=1)] = 65536
     use_faiss: bool = False
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
-        if self.k < 1:
-            raise ValueError(f"k must be >= 1, got {self.k}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.memory_size < 1:
-            raise ValueError(f"memory_size must be >= 1, got {self.memory_size}")
-        if self.augment_memory < 0:
-            raise ValueError(f"augment_memory must be >= 0, got {self.augment_memory}")
-        low, high = self.augment_scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"augment_scale must satisfy 0 < low <= high <= 1, got {self.augment_scale}")
-        if self.query_chunk_size < 1 or self.memory_chunk_size < 1:
-            raise ValueError(
-                f"chunk sizes must be >= 1, got query {self.query_chunk_size}, memory {self.memory_chunk_size}"
-            )
+        check_fields(self)
+        if self.augment_scale[0] > self.augment_scale[1]:
+            raise ValueError(f"augment_scale: must be (low, high) with low <= high, got {self.augment_scale}")
 
 
 @dataclass

@@ -27,7 +27,7 @@ import math
 import time
 import typing
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ import torch.utils.data
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from densessl.config_io import check_choices
+from densessl.config_io import Range, check_fields
 from densessl.eval.features import FeatureConfig, backbone_device, extract_features, iter_features
 from densessl.eval.metrics import ConfusionMatrix
 from densessl.eval.result import SegEvalResult
@@ -68,29 +68,19 @@ class LinearHeadConfig:
         dropout: ``Dropout2d`` probability before the 1x1 conv.
     """
 
-    epochs: int = 10
-    head_batch_size: int = 16
+    epochs: Annotated[int, Range(ge=1)] = 10
+    head_batch_size: Annotated[int, Range(ge=1)] = 16
     optimizer: Optimizer = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
+    lr: Annotated[float, Range(gt=0)] = 0.05
+    momentum: Annotated[float, Range(ge=0)] = 0.9
+    weight_decay: Annotated[float, Range(ge=0)] = 1e-4
     schedule: Schedule = "poly"
-    poly_power: float = 0.9
-    dropout: float = 0.1
+    poly_power: Annotated[float, Range(gt=0)] = 0.9
+    dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
-        check_choices(self)
-        if self.epochs < 1:
-            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
-        if self.head_batch_size < 1:
-            raise ValueError(f"head_batch_size must be >= 1, got {self.head_batch_size}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        check_fields(self)
 
 
 @dataclass

@@ -30,6 +30,7 @@ Differences from the reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
+from densessl.config_io import Range, check_fields
 from densessl.data.collate import Views
 from densessl.objectives.momentum import concat_all_gather, constant_momentum, frozen_copy
 
@@ -47,22 +49,15 @@ __all__ = ["DenseCLConfig", "DenseCLNeck", "KeyQueue", "dense_correspondence", "
 class DenseCLConfig:
     """DenseCL settings; defaults are the paper's ImageNet recipe."""
 
-    loss_lambda: float = 0.5
-    temperature: float = 0.2
-    queue_len: int = 65536
-    feat_dim: int = 128
-    hidden_dim: int = 2048
-    momentum: float = 0.999
+    loss_lambda: Annotated[float, Range(ge=0, le=1)] = 0.5
+    temperature: Annotated[float, Range(gt=0)] = 0.2
+    queue_len: Annotated[int, Range(ge=1)] = 65536
+    feat_dim: Annotated[int, Range(ge=1)] = 128
+    hidden_dim: Annotated[int, Range(ge=1)] = 2048
+    momentum: Annotated[float, Range(ge=0, le=1)] = 0.999
 
     def validate(self) -> None:
-        if not 0.0 <= self.loss_lambda <= 1.0:
-            raise ValueError(f"loss_lambda must be in [0, 1], got {self.loss_lambda}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.queue_len < 1 or self.feat_dim < 1 or self.hidden_dim < 1:
-            raise ValueError("queue_len, feat_dim and hidden_dim must be >= 1")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
+        check_fields(self)
 
 
 @dataclass

@@ -29,7 +29,7 @@ Differences from the reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -37,7 +37,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.config_io import check_choices
+from densessl.config_io import Range, check_fields
 from densessl.coords import bin_diagonal, cell_centers, pairwise_distances
 from densessl.data.collate import Views
 from densessl.objectives.momentum import cosine_momentum, frozen_copy
@@ -49,22 +49,16 @@ __all__ = ["PixProConfig", "conv_mlp", "PixelPropagation", "positive_mask", "pix
 class PixProConfig:
     """PixPro settings; defaults are the released 400-epoch ResNet-50 script."""
 
-    pos_ratio: float = 0.7
+    pos_ratio: Annotated[float, Range(gt=0)] = 0.7
     gamma: float = 2.0
-    hidden_dim: int = 4096
-    out_dim: int = 256
+    hidden_dim: Annotated[int, Range(ge=1)] = 4096
+    out_dim: Annotated[int, Range(ge=1)] = 256
     transform_layers: Literal[0, 1, 2] = 1
-    momentum: float = 0.99
-    ins_loss_weight: float = 0.0
+    momentum: Annotated[float, Range(ge=0, le=1)] = 0.99
+    ins_loss_weight: Annotated[float, Range(ge=0)] = 0.0
 
     def validate(self) -> None:
-        check_choices(self)
-        if self.pos_ratio <= 0:
-            raise ValueError(f"pos_ratio must be > 0, got {self.pos_ratio}")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"momentum must be in [0, 1], got {self.momentum}")
-        if self.ins_loss_weight < 0 or self.hidden_dim < 1 or self.out_dim < 1:
-            raise ValueError("ins_loss_weight must be >= 0 and the head widths >= 1")
+        check_fields(self)
 
 
 def conv_mlp(in_dim: int, hidden_dim: int, out_dim: int) -> nn.Sequential:

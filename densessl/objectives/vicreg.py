@@ -24,7 +24,7 @@ Differences from the reference:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +32,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.config_io import check_choices
+from densessl.config_io import Range, check_fields
 from densessl.data.collate import Views
 from densessl.dist import all_gather_with_grad
 from densessl.projectors import MLP, NormKind, default_norm
@@ -211,21 +211,17 @@ HeadNorm = Literal["auto", "bn", "ln", "none"]
 class VICRegConfig:
     """VICReg method settings (official VICRegL defaults for the global branch)."""
 
-    inv_coeff: float = 25.0
-    var_coeff: float = 25.0
-    cov_coeff: float = 1.0
-    eps: float = 1e-4
+    inv_coeff: Annotated[float, Range(ge=0)] = 25.0
+    var_coeff: Annotated[float, Range(ge=0)] = 25.0
+    cov_coeff: Annotated[float, Range(ge=0)] = 1.0
+    eps: Annotated[float, Range(gt=0)] = 1e-4
     projector: str = "8192-8192-8192"
     norm: HeadNorm = "auto"
     gather: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` for impossible values."""
-        check_choices(self)
-        if min(self.inv_coeff, self.var_coeff, self.cov_coeff) < 0:
-            raise ValueError("coefficients must be >= 0")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
+        check_fields(self)
 
 
 def resolve_norm(norm: str, arch: str) -> NormKind:

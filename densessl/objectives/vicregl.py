@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import typing
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.config_io import check_choices
+from densessl.config_io import Range, check_fields
 from densessl.coords import cell_centers, pairwise_distances, to_pixels
 from densessl.data.collate import Views
 from densessl.objectives.vicreg import (
@@ -245,15 +245,15 @@ class VICRegLLocalLoss(nn.Module):
 class VICRegLConfig:
     """VICRegL settings; defaults are the official ones (``main_vicregl.py`` CLI) with the ``corrected`` preset."""
 
-    alpha: float = 0.75
-    inv_coeff: float = 25.0
-    var_coeff: float = 25.0
-    cov_coeff: float = 1.0
-    eps: float = 1e-4
+    alpha: Annotated[float, Range(ge=0, le=1)] = 0.75
+    inv_coeff: Annotated[float, Range(ge=0)] = 25.0
+    var_coeff: Annotated[float, Range(ge=0)] = 25.0
+    cov_coeff: Annotated[float, Range(ge=0)] = 1.0
+    eps: Annotated[float, Range(gt=0)] = 1e-4
     projector: str = "8192-8192-8192"
     local_projector: str = "512-512-512"
     norm: HeadNorm = "auto"
-    num_matches: tuple[int, int] = (20, 4)
+    num_matches: Annotated[tuple[int, int], Range(ge=1)] = (20, 4)
     l2_all_matches: bool = True
     preset: Literal["official", "corrected"] = "corrected"
     selection_order: SelectionOrder = "raster"
@@ -262,15 +262,9 @@ class VICRegLConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for impossible values."""
-        check_choices(self)
-        if not 0.0 <= self.alpha <= 1.0:
-            raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-        if min(self.inv_coeff, self.var_coeff, self.cov_coeff) < 0:
-            raise ValueError("coefficients must be >= 0")
-        if self.eps <= 0:
-            raise ValueError(f"eps must be > 0, got {self.eps}")
-        if len(self.num_matches) != 2 or min(self.num_matches) < 1:
-            raise ValueError(f"num_matches must be two positive ints, got {self.num_matches}")
+        check_fields(self)
+        if len(self.num_matches) != 2:
+            raise ValueError(f"num_matches: must be two positive ints, got {self.num_matches}")
 
 
 class VICRegL(nn.Module):

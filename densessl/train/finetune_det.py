@@ -24,7 +24,7 @@ import time
 import typing
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal
+from typing import Annotated, Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from densessl.atomic import atomic_write_json
-from densessl.config_io import to_dict
+from densessl.config_io import Range, to_dict
 from densessl.data.detection import (
     CocoDetection,
     DetectionDataset,
@@ -77,27 +77,21 @@ class ModelConfig:
     neck: Literal["fpn", "c4"] = "fpn"  # c4: ResNets, faster_rcnn only
     levels: list[int] | None = None  # feature_info indices; null = strides 4/8/16/32 (c4: 16; ViT: last block)
     norm: Literal["frozen_bn", "bn", "sync_bn"] = "frozen_bn"
-    frozen_stages: int = 1  # -1 none, 0 stem, N stem + first N stages
+    frozen_stages: Annotated[int, Range(ge=-1)] = 1  # -1 none, 0 stem, N stem + first N stages
     frozen: bool = False  # freeze the whole backbone
-    out_channels: int = 256
+    out_channels: Annotated[int, Range(ge=1)] = 256
     box_head: Literal["2fc", "4conv1fc"] = "2fc"
-    representation_size: int = 1024
-    anchor_sizes: list[int] | None = None  # one per pyramid level; null = 8 x stride
-    roi_batch_size: int = 512
-    rpn_proposals_train: int = 2000
-    rpn_proposals_test: int = 1000
-    detections_per_img: int = 100
+    representation_size: Annotated[int, Range(ge=1)] = 1024
+    anchor_sizes: Annotated[list[int] | None, Range(ge=1)] = None  # one per pyramid level; null = 8 x stride
+    roi_batch_size: Annotated[int, Range(ge=1)] = 512
+    rpn_proposals_train: Annotated[int, Range(ge=1)] = 2000
+    rpn_proposals_test: Annotated[int, Range(ge=1)] = 1000
+    detections_per_img: Annotated[int, Range(ge=1)] = 100
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
-        if self.frozen_stages < -1:
-            raise ValueError(f"frozen_stages: must be >= -1, got {self.frozen_stages}")
         if self.neck == "c4" and self.kind == "mask_rcnn":
             raise ValueError("neck: c4 is implemented for faster_rcnn only")
-        for name in ("out_channels", "representation_size", "roi_batch_size", "rpn_proposals_train",
-                     "rpn_proposals_test", "detections_per_img"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}: must be >= 1, got {getattr(self, name)}")
 
 
 @dataclass
@@ -112,94 +106,70 @@ class DataConfig:
     train_ann: str = "annotations/instances_train2017.json"  # coco
     val_images: str = "val2017"  # coco
     val_ann: str = "annotations/instances_val2017.json"  # coco
-    val_max_images: int | None = None  # evaluate on the first N val images only (quick checks)
-    synthetic_train_images: int = 512
-    synthetic_val_images: int = 128
-    synthetic_size: int = 128
+    val_max_images: Annotated[int | None, Range(ge=1)] = None  # evaluate on the first N val images only
+    synthetic_train_images: Annotated[int, Range(ge=1)] = 512
+    synthetic_val_images: Annotated[int, Range(ge=1)] = 128
+    synthetic_size: Annotated[int, Range(ge=32)] = 128
     synthetic_seed: int = 0
-    min_size_train: list[int] = field(default_factory=lambda: [800])  # one drawn per batch
-    min_size_test: int = 800
+    min_size_train: Annotated[list[int], Range(ge=32)] = field(default_factory=lambda: [800])  # one drawn per batch
+    min_size_test: Annotated[int, Range(ge=32)] = 800
     max_size: int = 1333
-    hflip_prob: float = 0.5
-    num_workers: int = 2
+    hflip_prob: Annotated[float, Range(ge=0, le=1)] = 0.5
+    num_workers: Annotated[int, Range(ge=0)] = 2
 
     def validate(self) -> None:
         if self.dataset != "synthetic" and not self.root:
             raise ValueError(f"root: data.dataset={self.dataset} needs data.root=/path/to/data")
-        if not self.min_size_train or min(self.min_size_train) < 32:
-            raise ValueError(f"min_size_train: needs sizes >= 32, got {self.min_size_train}")
-        if self.min_size_test < 32 or self.max_size < max(max(self.min_size_train), self.min_size_test):
-            raise ValueError("max_size: must be >= every min size (and min_size_test >= 32)")
-        if not 0.0 <= self.hflip_prob <= 1.0:
-            raise ValueError(f"hflip_prob: must be in [0, 1], got {self.hflip_prob}")
-        if self.synthetic_train_images < 1 or self.synthetic_val_images < 1 or self.synthetic_size < 32:
-            raise ValueError("synthetic_size: synthetic sizes must be >= 32 and image counts >= 1")
-        if self.val_max_images is not None and self.val_max_images < 1:
-            raise ValueError(f"val_max_images: must be >= 1 or null, got {self.val_max_images}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers: must be >= 0, got {self.num_workers}")
+        if not self.min_size_train:
+            raise ValueError("min_size_train: needs at least one size")
+        if self.max_size < max(max(self.min_size_train), self.min_size_test):
+            raise ValueError(f"max_size: must be >= every min size, got {self.max_size}")
 
 
 @dataclass
 class OptimConfig:
     """SGD, warm-up, then multi-step or cosine decay (lr is for the global ``train.batch_size``)."""
 
-    lr: float = 0.02
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    weight_decay_norm: float = 0.0  # for normalization layers (detectron2's default)
-    warmup_iters: int = 1000
-    warmup_factor: float = 0.001
+    lr: Annotated[float, Range(gt=0)] = 0.02
+    momentum: Annotated[float, Range(ge=0)] = 0.9
+    weight_decay: Annotated[float, Range(ge=0)] = 1e-4
+    weight_decay_norm: Annotated[float, Range(ge=0)] = 0.0  # for normalization layers (detectron2's default)
+    warmup_iters: Annotated[int, Range(ge=0)] = 1000
+    warmup_factor: Annotated[float, Range(gt=0, le=1)] = 0.001
     schedule: Literal["multistep", "cosine"] = "multistep"
-    steps: list[int] = field(default_factory=list)  # in iterations (in epochs when train.epochs is set)
-    gamma: float = 0.1
-    min_lr_ratio: float = 0.0  # cosine floor, as a fraction of lr
-    clip_grad: float | None = None
-    accumulate: int = 1  # micro-batches per step: train.batch_size / (processes x accumulate) images each
+    # increasing, in iterations (in epochs when train.epochs is set)
+    steps: Annotated[list[int], Range(ge=1)] = field(default_factory=list)
+    gamma: Annotated[float, Range(gt=0, le=1)] = 0.1
+    min_lr_ratio: Annotated[float, Range(ge=0, le=1)] = 0.0  # cosine floor, as a fraction of lr
+    clip_grad: Annotated[float | None, Range(gt=0)] = None
+    # micro-batches per step: train.batch_size / (processes x accumulate) images each
+    accumulate: Annotated[int, Range(ge=1)] = 1
 
     def validate(self) -> None:
-        if self.accumulate < 1:
-            raise ValueError(f"accumulate: must be >= 1, got {self.accumulate}")
-        if self.lr <= 0:
-            raise ValueError(f"lr: must be > 0, got {self.lr}")
-        if self.steps != sorted(self.steps) or any(s < 1 for s in self.steps):
-            raise ValueError(f"steps: must be increasing positive numbers, got {self.steps}")
-        if not 0 < self.gamma <= 1 or not 0 < self.warmup_factor <= 1 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("gamma and warmup_factor must be in (0, 1], min_lr_ratio in [0, 1]")
-        if self.weight_decay < 0 or self.weight_decay_norm < 0 or self.warmup_iters < 0 or self.momentum < 0:
-            raise ValueError("weight_decay, weight_decay_norm, warmup_iters and momentum must be >= 0")
-        if self.clip_grad is not None and self.clip_grad <= 0:
-            raise ValueError(f"clip_grad: must be > 0 or null, got {self.clip_grad}")
+        if self.steps != sorted(self.steps):
+            raise ValueError(f"steps: must be increasing, got {self.steps}")
 
 
 @dataclass
 class TrainConfig:
     """Length, batch, evaluation, logging and checkpoints."""
 
-    max_iters: int | None = 1000
-    epochs: int | None = None  # instead of max_iters
-    batch_size: int = 16  # global, split over processes
-    eval_every: int | None = None  # iterations between evaluations (the final one always runs)
-    eval_batch_size: int = 2  # per process
-    checkpoint_every: int = 1000
-    log_every: int = 20
+    max_iters: Annotated[int | None, Range(ge=1)] = 1000
+    epochs: Annotated[int | None, Range(ge=1)] = None  # instead of max_iters
+    batch_size: Annotated[int, Range(ge=1)] = 16  # global, split over processes
+    eval_every: Annotated[int | None, Range(ge=1)] = None  # iterations between evaluations (the last always runs)
+    eval_batch_size: Annotated[int, Range(ge=1)] = 2  # per process
+    checkpoint_every: Annotated[int, Range(ge=1)] = 1000
+    log_every: Annotated[int, Range(ge=1)] = 20
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); CPU runs fp32
-    num_threads: int | None = None  # torch CPU threads of this process (null: torch's default)
+    num_threads: Annotated[int | None, Range(ge=1)] = None  # torch CPU threads of this process (null: torch's)
     progress: bool = True
 
     def validate(self) -> None:
         if (self.max_iters is None) == (self.epochs is None):
             raise ValueError("max_iters: set exactly one of train.max_iters and train.epochs")
-        if (self.max_iters or 1) < 1 or (self.epochs or 1) < 1:
-            raise ValueError("max_iters: train.max_iters / train.epochs must be >= 1")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise ValueError("batch_size: must be >= 1")
-        if self.checkpoint_every < 1 or self.log_every < 1 or (self.eval_every is not None and self.eval_every < 1):
-            raise ValueError("checkpoint_every: checkpoint_every, log_every and eval_every must be >= 1")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads: must be >= 1 or null, got {self.num_threads}")
 
 
 @dataclass

@@ -85,7 +85,7 @@ def test_config_validation_names_the_field() -> None:
         MultiCrop(MultiCropConfig(global_scale=(0.5, 0.2)))
     with pytest.raises(ValueError, match="n_global"):
         MultiCrop(MultiCropConfig(n_global=0))
-    with pytest.raises(ValueError, match="probabilities"):
+    with pytest.raises(ValueError, match=r"flip_p: must be in \[0, 1\], got 1.5"):
         MultiCrop(MultiCropConfig(flip_p=1.5))
     with pytest.raises(TypeError, match="PIL image or a tensor"):
         MultiCrop(SMALL)(np.zeros((4, 4, 3)))

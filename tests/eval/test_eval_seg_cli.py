@@ -60,7 +60,7 @@ def test_cli_knn_with_weights_file(tmp_path: Path, capsys: pytest.CaptureFixture
         (["--weights", "random", "--arch", "resnet18", "--dataset", "voc"], "--data-root is required"),
         (["--weights", "random", "--arch", "resnet18", "--dataset", "voc", "--data-root", "/no/such/dir"],
          "not a directory"),
-        (["--weights", "random", "--arch", "resnet18", "--dataset", "synthetic", "--k", "0"], "k must be >= 1"),
+        (["--weights", "random", "--arch", "resnet18", "--dataset", "synthetic", "--k", "0"], "knn.k: must be >= 1"),
     ],
 )
 def test_cli_errors_exit_2_with_one_line(args: list[str], message: str, capsys: pytest.CaptureFixture) -> None:
@@ -204,7 +204,7 @@ def test_print_config_resolves_defaults_file_overrides_and_flags(tmp_path: Path,
                                         "did you mean 'adamw'?"),
         ("features: {input_size: big}\n", [], "config error: features.input_size: expected int, got 'big' (str)"),
         ("knn: {k: 5}\nknn: {k: 6}\n", [], "duplicate key 'knn'"),
-        ("", ["knn.k=0"], "config error: knn: k must be >= 1, got 0"),
+        ("", ["knn.k=0"], "config error: knn.k: must be >= 1, got 0"),
         ("weights: random\n", [], "config error: dataset, protocol: required; pass --dataset, --protocol"),
     ],
 )
