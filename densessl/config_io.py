@@ -97,13 +97,15 @@ class Range:
     """Bounds of a numeric config field, checked with the ``Literal`` choices: ``Annotated[float, Range(gt=0)]``.
 
     ``ge`` / ``gt``: inclusive / exclusive lower bound; ``le`` / ``lt``: inclusive / exclusive upper bound. On a
-    list or tuple field every item must hold.
+    list or tuple field every item must hold, and ``ordered=True`` also needs the items in non-decreasing order (a
+    ``(low, high)`` range, a list of milestones).
     """
 
     ge: float | None = None
     gt: float | None = None
     le: float | None = None
     lt: float | None = None
+    ordered: bool = False
 
     def holds(self, value: float) -> bool:
         """Whether ``value`` is within the bounds."""
@@ -582,7 +584,7 @@ def _field_ranges(cls: type) -> dict[str, Range]:
     ranges = {}
     for name, tp in typing.get_type_hints(cls, include_extras=True).items():
         candidates = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType) else (tp,)
-        for candidate in (tp, *candidates):
+        for candidate in candidates:
             if typing.get_origin(candidate) is Annotated:
                 ranges.update({name: extra for extra in candidate.__metadata__ if isinstance(extra, Range)})
     return ranges
@@ -612,6 +614,8 @@ def _check_fields(obj: Any, path: str) -> None:
             each = "every item " if isinstance(value, (list, tuple)) else ""
             raise _fail(_join(path, name), f"{each}must be {bounds.describe()}{' or null' if nullable else ''}, "
                                            f"got {_short_repr(value)}")
+        if bounds.ordered and list(items) != sorted(items):
+            raise _fail(_join(path, name), f"must be in non-decreasing order, got {_short_repr(value)}")
 
 
 def check_fields(obj: Any) -> None:

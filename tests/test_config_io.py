@@ -276,7 +276,7 @@ class RangeCfg:
     dropout: Annotated[float, Range(ge=0, lt=1)] = 0.1
     clip: Annotated[Optional[float], Range(gt=0)] = None
     sizes: Annotated[list[int], Range(ge=32)] = field(default_factory=lambda: [224])
-    scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.4, 1.0)
+    scale: Annotated[tuple[float, float], Range(gt=0, le=1, ordered=True)] = (0.4, 1.0)
 
     def validate(self) -> None:
         check_fields(self)
@@ -291,6 +291,7 @@ def test_range_fields_are_checked_by_the_loader() -> None:
         ("clip=-1", "clip: must be > 0 or null, got -1.0"),
         ("sizes=[16,224]", "sizes: every item must be >= 32, got [16, 224]"),
         ("scale=[0.0,1.0]", "scale: every item must be in (0, 1], got (0.0, 1.0)"),
+        ("scale=[0.9,0.5]", "scale: must be in non-decreasing order, got (0.9, 0.5)"),
     ]:
         with pytest.raises(ConfigError) as info:
             load_config(RangeCfg, None, [override])

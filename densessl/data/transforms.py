@@ -65,11 +65,11 @@ class MultiCropConfig:
 
     n_global: Annotated[int, Range(ge=1)] = 2  # >= 1: the losses pair every view with a global view
     global_size: Annotated[int, Range(ge=8)] = 224
-    global_scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.4, 1.0)
+    global_scale: Annotated[tuple[float, float], Range(gt=0, le=1, ordered=True)] = (0.4, 1.0)
     n_local: Annotated[int, Range(ge=0)] = 6
     local_size: Annotated[int, Range(ge=8)] = 96
-    local_scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.08, 0.4)
-    ratio: Annotated[tuple[float, float], Range(gt=0)] = (3.0 / 4.0, 4.0 / 3.0)
+    local_scale: Annotated[tuple[float, float], Range(gt=0, le=1, ordered=True)] = (0.08, 0.4)
+    ratio: Annotated[tuple[float, float], Range(gt=0, ordered=True)] = (3.0 / 4.0, 4.0 / 3.0)
     flip_p: Annotated[float, Range(ge=0, le=1)] = 0.5
     jitter_p: Annotated[float, Range(ge=0, le=1)] = 0.8
     brightness: Annotated[float, Range(ge=0)] = 0.4
@@ -78,7 +78,7 @@ class MultiCropConfig:
     hue: Annotated[float, Range(ge=0, le=0.5)] = 0.1
     grayscale_p: Annotated[float, Range(ge=0, le=1)] = 0.2
     blur_p: Annotated[tuple[float, float], Range(ge=0, le=1)] = (1.0, 0.1)
-    blur_sigma: Annotated[tuple[float, float], Range(gt=0)] = (0.1, 2.0)
+    blur_sigma: Annotated[tuple[float, float], Range(gt=0, ordered=True)] = (0.1, 2.0)
     solarize_p: Annotated[tuple[float, float], Range(ge=0, le=1)] = (0.0, 0.2)
     interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"  # the keys of _INTERPOLATIONS
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -87,10 +87,6 @@ class MultiCropConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
         check_fields(self)
-        for name in ("global_scale", "local_scale", "ratio", "blur_sigma"):
-            low, high = getattr(self, name)
-            if low > high:
-                raise ValueError(f"{name}: must be (low, high) with low <= high, got {getattr(self, name)}")
 
     @property
     def sizes(self) -> list[int]:

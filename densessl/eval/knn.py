@@ -94,7 +94,7 @@ class KNNRetrievalConfig:
     temperature: Annotated[float, Range(gt=0)] = 0.02
     memory_size: Annotated[int, Range(ge=1)] = 1_024_000
     augment_memory: Annotated[int, Range(ge=0)] = 0
-    augment_scale: Annotated[tuple[float, float], Range(gt=0, le=1)] = (0.25, 1.0)
+    augment_scale: Annotated[tuple[float, float], Range(gt=0, le=1, ordered=True)] = (0.25, 1.0)
     query_chunk_size: Annotated[int, Range(ge=1)] = 1024
     memory_chunk_size: Annotated[int, Range(ge=1)] = 65536
     use_faiss: bool = False
@@ -102,8 +102,6 @@ class KNNRetrievalConfig:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
         check_fields(self)
-        if self.augment_scale[0] > self.augment_scale[1]:
-            raise ValueError(f"augment_scale: must be (low, high) with low <= high, got {self.augment_scale}")
 
 
 @dataclass

@@ -137,17 +137,13 @@ class OptimConfig:
     warmup_iters: Annotated[int, Range(ge=0)] = 1000
     warmup_factor: Annotated[float, Range(gt=0, le=1)] = 0.001
     schedule: Literal["multistep", "cosine"] = "multistep"
-    # increasing, in iterations (in epochs when train.epochs is set)
-    steps: Annotated[list[int], Range(ge=1)] = field(default_factory=list)
+    # in iterations (in epochs when train.epochs is set)
+    steps: Annotated[list[int], Range(ge=1, ordered=True)] = field(default_factory=list)
     gamma: Annotated[float, Range(gt=0, le=1)] = 0.1
     min_lr_ratio: Annotated[float, Range(ge=0, le=1)] = 0.0  # cosine floor, as a fraction of lr
     clip_grad: Annotated[float | None, Range(gt=0)] = None
     # micro-batches per step: train.batch_size / (processes x accumulate) images each
     accumulate: Annotated[int, Range(ge=1)] = 1
-
-    def validate(self) -> None:
-        if self.steps != sorted(self.steps):
-            raise ValueError(f"steps: must be increasing, got {self.steps}")
 
 
 @dataclass
