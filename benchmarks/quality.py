@@ -70,7 +70,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
-from _common import RESULTS, machine_info  # noqa: E402
+from _common import RESULTS, cpu_model, machine_info  # noqa: E402
 
 # --arch name -> timm model; the recipes are configs/pretrain/<method>_<--arch>_<--data>.yaml.
 ARCHS = {"resnet18": "resnet18", "vit_tiny": "vit_tiny_patch16_224"}
@@ -145,8 +145,20 @@ def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path,
     start = time.perf_counter()
     run(cmd, run_dir / "pretrain.log", threads)
     seconds = time.perf_counter() - start
-    timing.write_text(json.dumps({"seconds": seconds, "resumed": "--resume" in cmd}))
+    timing.write_text(json.dumps({"seconds": seconds, "resumed": "--resume" in cmd, "cpu_model": cpu_model()}))
     return seconds
+
+
+def pretrain_cpu_models(run_dirs: list[Path]) -> dict[str, str]:
+    """The CPU model each cached pretraining ran on (``run dir name -> model``; ``"unrecorded"`` for runs written
+    before the model was recorded). Runs of one seed are bit-identical only on one CPU family: another one moves a
+    pretrained row's kNN by up to ~0.6 (benchmarks/README.md, "Reproducing on another CPU")."""
+    models = {}
+    for run_dir in run_dirs:
+        timing = run_dir / "pretrain_time.json"
+        if timing.is_file():
+            models[run_dir.name] = json.loads(timing.read_text()).get("cpu_model", "unrecorded")
+    return models
 
 
 # Keys that do not change the pretrained weights: a cached run may differ in them.
@@ -413,6 +425,11 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{mean_std(scores.get(c, [])):>14s}" for c in columns)
         lines.append(f"{variant:14s} | {cells} | {statistics.mean(scores.get('pretrain_s', [0.0])):.0f}")
     print("\n".join(lines))
+    cpu_models = pretrain_cpu_models([work_dir / f"{v}_s{seed}" for seed in args.seeds for v in chosen])
+    if len(set(cpu_models.values())) > 1:
+        print("warning: this table mixes pretrainings from different CPU models, which move a row by up to ~0.6 "
+              "kNN mIoU (benchmarks/README.md, 'Reproducing on another CPU'): "
+              + ", ".join(f"{name}: {model}" for name, model in sorted(cpu_models.items())), flush=True)
     info["loadavg_end"] = list(os.getloadavg())
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
@@ -424,6 +441,7 @@ def main(argv: list[str] | None = None) -> int:
                      "detection": DETECTION_RECIPE if args.detection else None,
                      "variants": {v: table[v] for v in chosen}},
         "results": rows,
+        "pretrain_cpu_models": cpu_models,
     }, indent=2))
     print(f"wrote {out}")
     return 0

@@ -114,3 +114,22 @@ def test_a_cached_run_of_other_settings_is_refused(tmp_path: Path, monkeypatch: 
     with pytest.raises(SystemExit, match=r"vicregl\.projector: run '1024-1024-1024', asked '64-64-16'"):
         quality.pretrain("vicreg", "photos", data_root, 0, run_dir, None, 1, extra=("vicregl.projector=64-64-16",))
     assert commands == []  # nothing was pretrained
+
+
+def test_pretrain_cpu_models_reads_each_cached_run(tmp_path: Path) -> None:
+    for name, timing in (("vicreg_s0", {"seconds": 1.0, "cpu_model": "Intel(R) Xeon(R) Processor"}),
+                         ("vicreg_s1", {"seconds": 1.0, "cpu_model": "AMD EPYC"}),
+                         ("vicreg_s2", {"seconds": 1.0})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "pretrain_time.json").write_text(json.dumps(timing))
+    (tmp_path / "random_s0").mkdir()  # no pretraining: not listed
+    runs = [tmp_path / n for n in ("vicreg_s0", "vicreg_s1", "vicreg_s2", "random_s0")]
+    assert quality.pretrain_cpu_models(runs) == {"vicreg_s0": "Intel(R) Xeon(R) Processor", "vicreg_s1": "AMD EPYC",
+                                                 "vicreg_s2": "unrecorded"}
+
+
+def test_pretrain_records_the_cpu_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(quality, "run", lambda cmd, log, threads: None)
+    quality.pretrain("vicreg", "photos", tmp_path / "photos", 0, tmp_path / "run", None, 1)
+    timing = json.loads((tmp_path / "run" / "pretrain_time.json").read_text())
+    assert timing["cpu_model"] == quality.cpu_model() and timing["cpu_model"]
