@@ -381,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     info = machine_info()
     rows: dict[str, dict[str, list[float]]] = {v: {} for v in chosen}
+    pretrained: list[Path] = []  # the run directories of this table's pretrainings
     for seed in args.seeds:
         for variant in chosen:
             run_dir = work_dir / f"{variant}_s{seed}"
@@ -391,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
                 seconds = pretrain(variant, args.data, data_root, seed, run_dir, args.epochs, args.threads,
                                    args.arch, tuple(args.pretrain_set))
                 weights = str(run_dir / "backbone.pt")
+                pretrained.append(run_dir)
             scores: dict[str, float] = {}
             for suffix, levels in protocols.items():
                 if variant == "edges" and suffix == "l34":
@@ -425,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         cells = " | ".join(f"{mean_std(scores.get(c, [])):>14s}" for c in columns)
         lines.append(f"{variant:14s} | {cells} | {statistics.mean(scores.get('pretrain_s', [0.0])):.0f}")
     print("\n".join(lines))
-    cpu_models = pretrain_cpu_models([work_dir / f"{v}_s{seed}" for seed in args.seeds for v in chosen])
+    cpu_models = pretrain_cpu_models(pretrained)
     if len(set(cpu_models.values())) > 1:
         print("warning: this table mixes pretrainings from different CPU models, which move a row by up to ~0.6 "
               "kNN mIoU (benchmarks/README.md, 'Reproducing on another CPU'): "
