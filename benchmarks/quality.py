@@ -44,7 +44,10 @@ finished run (``backbone.pt`` present) is reused and an interrupted one resumed,
 restarted; a run whose ``config.yaml`` differs from what the command asks (another ``--epochs`` or ``--pretrain-set``)
 is refused, never scored under the wrong settings. Evaluations are cached as JSON next to the run. Runs go seed by
 seed (every variant of seed 0 first), so a partial run still gives a balanced table. The table shows mean ± sample
-standard deviation over seeds and the pretraining wall time.
+standard deviation over seeds and the pretraining wall time; with ``vicreg`` among the variants and two seeds or more,
+a second table gives each row's same-seed difference to VICReg (mean ± std, seeds ahead; result key ``paired``), which
+cancels the spread that runs of one seed share. ``benchmarks/quality_merge.py`` merges result files of disjoint seeds
+(e.g. pretrained in two sessions) into one table with the same two parts.
 
 Usage::
 
@@ -59,7 +62,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -71,6 +73,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from _common import RESULTS, cpu_model, machine_info  # noqa: E402
+from quality_merge import format_paired, format_table, paired_differences  # noqa: E402
 
 # --arch name -> timm model; the recipes are configs/pretrain/<method>_<--arch>_<--data>.yaml.
 ARCHS = {"resnet18": "resnet18", "vit_tiny": "vit_tiny_patch16_224"}
@@ -294,14 +297,6 @@ def detection_scores(weights: str, seed: int, data_root: Path, run_dir: Path, th
     return {"box_AP": float(metrics["box_AP"]), "box_AP50": float(metrics["box_AP50"])}
 
 
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", choices=["synthetic", "photos"], default="synthetic")
@@ -418,15 +413,10 @@ def main(argv: list[str] | None = None) -> int:
             for key, value in scores.items():
                 rows[variant].setdefault(key, []).append(value)
 
-    columns = [c for c in next(iter(rows.values())) if c != "pretrain_s"]
-    for scores in rows.values():
-        columns += [c for c in scores if c not in columns and c != "pretrain_s"]
-    header = f"{'variant':14s} | " + " | ".join(f"{c:>14s}" for c in columns) + " | pretrain s"
-    lines = [header, "-" * len(header)]
-    for variant, scores in rows.items():
-        cells = " | ".join(f"{mean_std(scores.get(c, [])):>14s}" for c in columns)
-        lines.append(f"{variant:14s} | {cells} | {statistics.mean(scores.get('pretrain_s', [0.0])):.0f}")
-    print("\n".join(lines))
+    print(format_table(rows))
+    paired = paired_differences(rows, "vicreg") if len(args.seeds) > 1 else {}
+    if paired:
+        print(format_paired(paired, "vicreg"))
     cpu_models = pretrain_cpu_models(pretrained)
     if len(set(cpu_models.values())) > 1:
         print("warning: this table mixes pretrainings from different CPU models, which move a row by up to ~0.6 "
@@ -443,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
                      "detection": DETECTION_RECIPE if args.detection else None,
                      "variants": {v: table[v] for v in chosen}},
         "results": rows,
+        "paired": {"reference": "vicreg", "differences": paired},
         "pretrain_cpu_models": cpu_models,
     }, indent=2))
     print(f"wrote {out}")

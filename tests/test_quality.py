@@ -133,3 +133,30 @@ def test_pretrain_records_the_cpu_model(tmp_path: Path, monkeypatch: pytest.Monk
     quality.pretrain("vicreg", "photos", tmp_path / "photos", 0, tmp_path / "run", None, 1)
     timing = json.loads((tmp_path / "run" / "pretrain_time.json").read_text())
     assert timing["cpu_model"] == quality.cpu_model() and timing["cpu_model"]
+
+
+def test_the_table_adds_same_seed_differences_to_vicreg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """The loop over seeds and variants, with pretraining and probes stubbed: mean ± std rows and the ``paired``
+    differences of every row to VICReg land in the result file."""
+    scores = {("vicreg", 0): 10.0, ("vicreg", 1): 11.0, ("random", 0): 9.0, ("random", 1): 9.5}
+
+    def fake_pretrain(variant, data, data_root, seed, run_dir, *args, **kwargs):
+        return 60.0
+
+    def fake_evaluate(weights, seed, protocol, out, *args, **kwargs):
+        variant = "random" if weights == "random" else Path(weights).parent.name.rsplit("_s", 1)[0]
+        return scores[(variant, seed)] + (0.5 if protocol == "knn" else 0.0)
+
+    monkeypatch.setattr(quality, "pretrain", fake_pretrain)
+    monkeypatch.setattr(quality, "evaluate", fake_evaluate)
+    out = tmp_path / "table.json"
+    assert quality.main(["--data", "synthetic", "--variants", "random", "vicreg", "--seeds", "0", "1", "--no-match",
+                         "--work-dir", str(tmp_path / "runs"), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["results"]["vicreg"]["linear"] == [10.0, 11.0]
+    assert result["results"]["vicreg"]["pretrain_s"] == [60.0, 60.0]
+    diff = result["paired"]["differences"]["random"]["knn"]
+    assert diff["diffs"] == [-1.0, -1.5] and diff["ahead"] == 0
+    printed = capsys.readouterr().out
+    assert "10.50 ± 0.71" in printed and "same-seed difference to vicreg" in printed and "-1.25 ± 0.35 (0/2)" in printed
