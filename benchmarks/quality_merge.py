@@ -11,7 +11,8 @@ two tables:
   the difference; it is the comparison to read when the two rows' spreads are larger than the gap between them.
 
 Files must agree on every setting that changes a value (data, arch, label view, epochs, ``--pretrain-set``, eval input
-size, feature protocols, match settings, threads, detection recipe, each variant's recipe) and must not share a seed;
+size, feature protocols, threads, each variant's recipe; the match and detection settings when both files have those
+columns) and must not share a seed;
 a variant or metric missing from one file is left out of the merged table (with a note). Files from different CPU
 models are merged with a warning: a pretrained row moves across CPU families (``benchmarks/README.md``, "Reproducing
 on another CPU").
@@ -31,9 +32,15 @@ import statistics
 import sys
 from pathlib import Path
 
-# Settings that change a result value; files that differ on one of them cannot share a table.
-SAME_SETTINGS = ("data", "arch", "view", "epochs", "pretrain_set", "input_size", "protocol_levels", "match_images",
-                 "match_size", "threads", "detection")
+# Settings that change every result value; files that differ on one of them cannot share a table.
+SAME_SETTINGS = ("data", "arch", "view", "epochs", "pretrain_set", "input_size", "protocol_levels", "threads")
+# Settings that change only some metrics: compared only when both files have those metrics (a file written with
+# --no-match or --no-detection merges with one that has them; those columns are then left out).
+METRIC_SETTINGS = {("match_images", "match_size"): ("match", "rankme_dense"), ("detection",): ("box_AP", "box_AP50")}
+
+
+def _has_metric(result: dict, metrics: tuple[str, ...]) -> bool:
+    return any(m in scores for scores in result["results"].values() for m in metrics)
 
 
 def mean_std(values: list[float]) -> str:
@@ -119,7 +126,9 @@ def merge_results(results: list[dict], names: list[str], variants: list[str] | N
     first = results[0]["settings"]
     for result, name in zip(results[1:], names[1:]):
         settings = result["settings"]
-        for key in SAME_SETTINGS:
+        keys = list(SAME_SETTINGS) + [k for group, metrics in METRIC_SETTINGS.items() for k in group
+                                      if _has_metric(result, metrics) and _has_metric(results[0], metrics)]
+        for key in keys:
             if settings.get(key) != first.get(key):
                 raise ValueError(f"{name} and {names[0]} differ in {key!r} ({settings.get(key)!r} vs "
                                  f"{first.get(key)!r}): their values cannot share one table")

@@ -63,6 +63,19 @@ def test_merge_refuses_other_settings_and_repeated_seeds() -> None:
         quality_merge.merge_results([_result([0], [9.0], [9.4]), recipe], ["a.json", "b.json"])
 
 
+def test_detection_settings_matter_only_when_both_files_have_the_column() -> None:
+    with_det = _result([0], [9.0], [9.4])
+    with_det["settings"]["detection"] = "det.yaml"
+    with_det["results"]["vicreg"]["box_AP"] = [0.7]
+    merged, notes = quality_merge.merge_results([with_det, _result([1], [9.9], [10.0])], ["a.json", "b.json"])
+    assert "box_AP" not in merged["results"]["vicreg"] and any("box_AP" in n for n in notes)
+    other_det = _result([1], [9.9], [10.0])
+    other_det["settings"]["detection"] = "other.yaml"
+    other_det["results"]["vicreg"]["box_AP"] = [0.9]
+    with pytest.raises(ValueError, match="differ in 'detection'"):
+        quality_merge.merge_results([with_det, other_det], ["a.json", "b.json"])
+
+
 def test_merge_leaves_out_what_one_file_lacks_and_warns_on_cpu_models() -> None:
     second = _result([3], [9.9], [10.0], cpu="AMD")
     del second["results"]["vicregl_a0.75"]
