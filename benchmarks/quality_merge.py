@@ -12,10 +12,9 @@ two tables:
 
 Files must agree on every setting that changes a value (data, arch, label view, epochs, ``--pretrain-set``, eval input
 size, feature protocols, threads, each variant's recipe; the match and detection settings when both files have those
-columns) and must not share a seed;
-a variant or metric missing from one file is left out of the merged table (with a note). Files from different CPU
-models are merged with a warning: a pretrained row moves across CPU families (``benchmarks/README.md``, "Reproducing
-on another CPU").
+columns) and must not share a seed; a variant or metric missing from one file is left out of the merged table (with a
+note). Files from different CPU models are merged with a warning: a pretrained row moves across CPU families
+(``benchmarks/README.md``, "Reproducing on another CPU").
 
 Usage::
 
@@ -139,17 +138,18 @@ def merge_results(results: list[dict], names: list[str], variants: list[str] | N
             raise ValueError(f"seed(s) {repeated} of {name} are already in an earlier file: merge files of "
                              f"disjoint seeds")
         seeds += result["settings"]["seeds"]
-    common = [v for v in results[0]["results"] if all(v in r["results"] for r in results)]
-    if variants is not None:
+    notes: list[str] = []
+    if variants is None:
+        common = [v for v in results[0]["results"] if all(v in r["results"] for r in results)]
+        notes = list(dict.fromkeys(f"variant {v} is not in every file: left out" for r in results
+                                   for v in r["results"] if v not in common))
+    else:
         missing = {v: [n for r, n in zip(results, names) if v not in r["results"]] for v in variants}
         missing = {v: files for v, files in missing.items() if files}
         if missing:
             raise ValueError("variants missing from a file: " + "; ".join(
                 f"{v} (not in {', '.join(files)})" for v, files in missing.items()))
         common = list(variants)
-    notes = [f"variant {v} is not in every file: left out" for r in results for v in r["results"]
-             if v not in common and variants is None]
-    notes = list(dict.fromkeys(notes))
     rows: dict[str, dict[str, list[float]]] = {}
     recipes: dict[str, object] = {}
     for variant in common:
