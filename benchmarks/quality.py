@@ -10,7 +10,16 @@ the ResNet-18 recipe of the chosen data, then its frozen backbone is scored on t
   global views of ``--match-images`` val images (no photometric augmentation): the fraction of nearest-neighbour
   feature matches that land within one cell of the geometrically corresponding cell, in percent.
 
-``--data synthetic`` (default): the embedded scenes, ``configs/pretrain/*_resnet18_synthetic.yaml``, eval at 224 px on
+``--data-root DIR`` (``--data scenes``): **real, densely labelled scenes** in densessl's folder layout
+(``DIR/images/{train,val}/*.jpg``, ``DIR/masks/{train,val}/*.png``, ``DIR/classes.txt``; e.g. LabelMeFacade, Stanford
+Background, Clothing Co-Parsing): every variant pretrains in-domain on the train images without their labels (plus
+``DIR/unlabeled/`` when it exists: CCP's unlabelled pool), from ``configs/pretrain/*_<arch>_scenes.yaml`` with a
+budget of ``--steps`` optimizer steps (default 200: ``train.epochs`` = that budget over the pool's steps per epoch),
+then is scored on the val split at 224 px under two feature protocols: the last stage alone (``last``, the VICRegL
+paper's linear protocol) and layer3 + layer4 concatenated (``l34``). Results go to
+``results/quality_<DIR name>.json``, runs to ``runs/quality_<DIR name>/``.
+
+``--data synthetic`` (default without ``--data-root``): the embedded scenes, ``configs/pretrain/*_resnet18_synthetic.yaml``, eval at 224 px on
 the last stage. ``--data photos``: the real-photograph benchmark of ``scripts/get_real_data.sh``
 (``densessl.data.photo_benchmark``; ``--data-root``, default ``$DENSESSL_DATA/photos`` or
 ``~/.cache/densessl/photos``), ``configs/pretrain/*_resnet18_photos.yaml``, eval at 224 px with **two feature
@@ -52,6 +61,8 @@ cancels the spread that runs of one seed share. ``benchmarks/quality_merge.py`` 
 Usage::
 
     .venv/bin/python benchmarks/quality.py                          # synthetic, all variants, seeds 0 1
+    .venv/bin/python benchmarks/quality.py --data-root ../data/stanford_background --seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py --data-root ../data/labelmefacade --variants random vicreg vicregl_a0.75
     .venv/bin/python benchmarks/quality.py --seeds 0 1 2 --epochs 6
     bash scripts/get_real_data.sh && .venv/bin/python benchmarks/quality.py --data photos --seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --data photos --variants random vicreg vicregl_a0.75 --seeds 0 1 2
@@ -94,6 +105,8 @@ def variants(data: str, arch: str = "resnet18") -> dict[str, tuple[str, list[str
         "pixpro": (f"configs/pretrain/pixpro_{arch}_{data}.yaml", []),
     }
     table = {name: entry for name, entry in table.items() if not entry[0] or (ROOT / entry[0]).is_file()}
+    if data == "scenes":
+        del table["vicregl_a0.9"]
     if data == "photos":
         table = {"random": table.pop("random"), "edges": ("", []), **table}
     return table
@@ -101,7 +114,7 @@ def variants(data: str, arch: str = "resnet18") -> dict[str, tuple[str, list[str
 
 def default_variants(data: str, arch: str = "resnet18") -> list[str]:
     """The variants run when ``--variants`` is not given: every one of the data set, except that the photo table
-    (README, benchmarks/README "Real photographs") has no alpha = 0.9 row."""
+    (benchmarks/README "Real photographs") has no alpha = 0.9 row."""
     return [v for v in variants(data, arch) if data != "photos" or v != "vicregl_a0.9"]
 
 
@@ -115,7 +128,42 @@ def detection_by_default(data: str, view: str, arch: str = "resnet18") -> bool:
 ALL_VARIANTS = list(variants("photos"))
 # Feature protocols per data set: name -> levels (DenseBackbone indices; -1 = last stage).
 # For a ViT, -2 / -1 are its last two blocks (``l34`` keeps its name: the two last levels).
-PROTOCOL_LEVELS = {"synthetic": {"": [-1]}, "photos": {"last": [-1], "l34": [-2, -1]}}
+PROTOCOL_LEVELS = {"synthetic": {"": [-1]}, "photos": {"last": [-1], "l34": [-2, -1]},
+                   "scenes": {"last": [-1], "l34": [-2, -1]}}
+# --data scenes: the pretraining budget in optimizer steps (train.epochs is derived from it per data set).
+DEFAULT_SCENE_STEPS = 200
+
+
+def scene_pool(data_root: Path, work_dir: Path) -> Path:
+    """The pretraining pool of a scene set: ``DIR/images/train``, or, when ``DIR/unlabeled`` exists, a folder in
+    ``work_dir`` that links both (the pretraining reader follows linked folders). Val images are never in it."""
+    train = data_root / "images" / "train"
+    if not (data_root / "unlabeled").is_dir():
+        return train
+    pool = work_dir / "pool"
+    pool.mkdir(parents=True, exist_ok=True)
+    for name, target in (("train", train), ("unlabeled", data_root / "unlabeled")):
+        link = pool / name
+        if link.is_symlink() and link.resolve() != target.resolve():
+            link.unlink()
+        if not link.exists():
+            link.symlink_to(target.resolve(), target_is_directory=True)
+    return pool
+
+
+def count_images(folder: Path) -> int:
+    """Image files under ``folder``, recursively, following linked folders (as the pretraining reader counts)."""
+    from densessl.data.pretrain_data import ImageFolder
+
+    return len(ImageFolder(folder).paths)
+
+
+def epochs_for_steps(steps: int, images: int, batch_size: int) -> int:
+    """``train.epochs`` that comes closest to ``steps`` optimizer steps on ``images`` images (at least 1)."""
+    per_epoch = images // batch_size
+    if per_epoch < 1:
+        raise ValueError(f"{images} pretraining images are too few for one step of batch {batch_size}")
+    return max(1, round(steps / per_epoch))
 
 
 def run(cmd: list[str], log: Path, threads: int) -> None:
@@ -135,6 +183,8 @@ def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path,
     config, overrides = variants(data, arch)[variant]
     if data == "photos":
         overrides = [f"data.root={data_root / 'pretrain'}", *overrides]
+    elif data == "scenes":
+        overrides = [f"data.root={scene_pool(data_root, run_dir.parent)}", *overrides]
     settings = [f"train.seed={seed}", "train.progress=false", "train.diagnostics_every=0", "train.tensorboard=false",
                 *overrides, *([f"train.epochs={epochs}"] if epochs is not None else []), *extra]
     check_reused_run(run_dir, config, settings)
@@ -196,7 +246,10 @@ def check_reused_run(run_dir: Path, config: str, settings: list[str]) -> None:
 
 
 def seg_root(data_root: Path, view: str) -> Path:
-    """The segmentation folder of a photo-benchmark label view (``groups``: the benchmark itself)."""
+    """The segmentation folder of a photo-benchmark label view (``groups``: the benchmark itself); a scene set is
+    its own segmentation folder."""
+    if (data_root / "classes.txt").is_file() and (data_root / "images").is_dir():
+        return data_root
     return data_root / "seg" if view == "groups" else data_root / "views" / view
 
 
@@ -238,7 +291,7 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     else:  # the first val composites of the photo benchmark
         from densessl.data.images import load_image
 
-        files = sorted((data_root / "seg" / "images" / "val").glob("*.jpg"))[:images]
+        files = sorted((seg_root(data_root, "groups") / "images" / "val").glob("*.jpg"))[:images]
         pil = [load_image(path) for path in files]
     config = MultiCropConfig(n_global=2, global_size=size, n_local=0)
     config.jitter_p, config.grayscale_p, config.blur_p, config.solarize_p = 0.0, 0.0, (0.0, 0.0), (0.0, 0.0)
@@ -265,7 +318,7 @@ def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_r
     if data == "synthetic":
         dataset = build_segmentation_dataset("synthetic", None, "val", num_images=images, size=(128, 128), seed=0)
     else:
-        dataset = build_segmentation_dataset("folder", str(data_root / "seg"), "val")
+        dataset = build_segmentation_dataset("folder", str(seg_root(data_root, "groups")), "val")
     transform = SegEvalTransform(224)
     batch = torch.stack([transform(dataset[i])[0] for i in range(min(images, len(dataset)))])
     with torch.no_grad():
@@ -299,9 +352,15 @@ def detection_scores(weights: str, seed: int, data_root: Path, run_dir: Path, th
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=["synthetic", "photos"], default="synthetic")
+    parser.add_argument("--data", choices=["synthetic", "photos", "scenes"], default=None,
+                        help="default: scenes when --data-root is a scene set (classes.txt, images/, masks/), else "
+                             "synthetic")
     parser.add_argument("--data-root", type=Path, default=None,
-                        help="photo benchmark folder (default: $DENSESSL_DATA/photos or ~/.cache/densessl/photos)")
+                        help="a scene set in the folder layout (images/{train,val}, masks/{train,val}, classes.txt), "
+                             "or the photo benchmark folder (default: $DENSESSL_DATA/photos)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"scenes: pretraining budget in optimizer steps (default {DEFAULT_SCENE_STEPS}; "
+                             f"train.epochs is derived from it); --epochs sets the epochs instead")
     parser.add_argument("--variants", nargs="+", default=None, choices=ALL_VARIANTS,
                         help="default: every variant of the data set (photos: the README table's rows, all but "
                              "vicregl_a0.9)")
@@ -331,6 +390,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=None,
                         help="default: results/quality.json (synthetic), results/quality_photos.json")
     args = parser.parse_args(argv)
+    if args.data is None:
+        is_scene_set = args.data_root is not None and (args.data_root / "classes.txt").is_file()
+        args.data = "scenes" if is_scene_set else "synthetic"
+    if args.data == "scenes":
+        if args.data_root is None:
+            parser.error("--data scenes needs --data-root DIR (a folder with classes.txt, images/ and masks/)")
+        missing = [name for name in ("classes.txt", "images/train", "images/val", "masks/val")
+                   if not (args.data_root / name).exists()]
+        if missing:
+            parser.error(f"--data-root {args.data_root} is not a scene set in the folder layout: missing "
+                         f"{', '.join(missing)} (expected images/{{train,val}}/*.jpg, masks/{{train,val}}/*.png, "
+                         f"classes.txt)")
+        if args.detection:
+            parser.error("--detection needs --data photos (the scene sets have no instance labels)")
+        args.detection = False
+    if args.steps is not None and (args.data != "scenes" or args.epochs is not None):
+        parser.error("--steps sets the pretraining budget of --data scenes; give either --steps or --epochs")
     table = variants(args.data, args.arch)
     chosen = args.variants or default_variants(args.data, args.arch)
     unknown = [v for v in chosen if v not in table]
@@ -343,7 +419,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--detection fine-tunes a ResNet-18 FPN detector ({DETECTION_RECIPE}); add --no-detection "
                      f"for --arch {args.arch}")
     cache = Path(os.environ.get("DENSESSL_DATA", Path.home() / ".cache" / "densessl"))
-    data_root = (args.data_root or cache / "photos").expanduser()
+    data_root = (args.data_root or cache / "photos").expanduser().absolute()
     if args.data == "photos" and not (data_root / "seg" / "classes.txt").is_file():
         parser.error(f"no photo benchmark at {data_root}: run `bash scripts/get_real_data.sh` first "
                      f"(or pass --data-root)")
@@ -360,9 +436,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.view != "groups" and not (view_root / "classes.txt").is_file():
         parser.error(f"--view {args.view} needs the benchmark's label views at {view_root}: run "
                      f"`bash scripts/get_real_data.sh` (it adds them to a built benchmark)")
-    name = ("quality" if args.data == "synthetic" else f"quality_{args.data}") + (
-        "" if args.arch == "resnet18" else f"_{args.arch}")
-    work_dir = args.work_dir or HERE / "runs" / name
+    data_name = {"synthetic": "", "photos": "_photos", "scenes": f"_{data_root.name}"}[args.data]
+    name = f"quality{data_name}" + ("" if args.arch == "resnet18" else f"_{args.arch}")
+    work_dir = (args.work_dir or HERE / "runs" / name).absolute()
+    if args.data == "scenes" and args.epochs is None:
+        from densessl.config import load_config
+
+        batch = load_config(ROOT / f"configs/pretrain/vicregl_{args.arch}_scenes.yaml").data.batch_size
+        images = count_images(scene_pool(data_root, work_dir))
+        args.epochs = epochs_for_steps(args.steps or DEFAULT_SCENE_STEPS, images, batch)
+        print(f"{data_root.name}: {images} pretraining images, batch {batch}: {args.epochs} epochs = "
+              f"{args.epochs * (images // batch)} steps", flush=True)
     out = args.out or RESULTS / f"{name}.json"
     protocols = PROTOCOL_LEVELS[args.data]
     if args.protocols:
@@ -426,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": info,
-        "settings": {"data": args.data, "arch": ARCHS[args.arch], "view": args.view, "seeds": args.seeds,
+        "settings": {"data": args.data, "data_root": str(data_root) if args.data != "synthetic" else None,
+                     "arch": ARCHS[args.arch], "view": args.view, "seeds": args.seeds,
                      "epochs": args.epochs, "pretrain_set": args.pretrain_set, "input_size": args.input_size,
                      "protocol_levels": protocols, "match_images": args.match_images,
                      "match_size": args.match_size, "threads": args.threads,
