@@ -442,8 +442,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.data == "scenes" and args.epochs is None:
         from densessl.config import load_config
 
-        batch = load_config(ROOT / f"configs/pretrain/vicregl_{args.arch}_scenes.yaml").data.batch_size
-        images = count_images(scene_pool(data_root, work_dir))
+        pool = scene_pool(data_root, work_dir)
+        recipe = ROOT / f"configs/pretrain/vicregl_{args.arch}_scenes.yaml"
+        batch = load_config(recipe, [f"data.root={pool}"]).data.batch_size
+        images = count_images(pool)
         args.epochs = epochs_for_steps(args.steps or DEFAULT_SCENE_STEPS, images, batch)
         print(f"{data_root.name}: {images} pretraining images, batch {batch}: {args.epochs} epochs = "
               f"{args.epochs * (images // batch)} steps", flush=True)
