@@ -160,3 +160,80 @@ def test_the_table_adds_same_seed_differences_to_vicreg(tmp_path: Path, monkeypa
     assert diff["diffs"] == [-1.0, -1.5] and diff["ahead"] == 0
     printed = capsys.readouterr().out
     assert "10.50 ± 0.71" in printed and "same-seed difference to vicreg" in printed and "-1.25 ± 0.35 (0/2)" in printed
+
+
+def _scene_set(root: Path, unlabeled: bool = False) -> Path:
+    """A tiny scene set in the folder layout: 3 train and 2 val images with masks, optionally an unlabeled pool."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, count in (("train", 3), ("val", 2)):
+        (root / "images" / split).mkdir(parents=True)
+        (root / "masks" / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "images" / split / f"{i}.jpg")
+            Image.fromarray(rng.integers(0, 2, (40, 48), dtype=np.uint8)).save(root / "masks" / split / f"{i}.png")
+    if unlabeled:
+        (root / "unlabeled").mkdir()
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / "unlabeled" / f"u{i}.jpg")
+    (root / "classes.txt").write_text("background\nthing\n")
+    return root
+
+
+def test_scene_pool_is_the_train_images_or_links_the_unlabeled_pool(tmp_path: Path) -> None:
+    plain = _scene_set(tmp_path / "plain")
+    assert quality.scene_pool(plain, tmp_path / "work_plain") == plain / "images" / "train"
+    assert quality.count_images(plain / "images" / "train") == 3
+    ccp_like = _scene_set(tmp_path / "ccp", unlabeled=True)
+    pool = quality.scene_pool(ccp_like, tmp_path / "work")
+    assert pool == tmp_path / "work" / "pool"
+    assert quality.count_images(pool) == 3 + 4  # train + unlabeled, never val
+    assert quality.scene_pool(ccp_like, tmp_path / "work") == pool  # idempotent: the links are reused
+
+
+def test_epochs_follow_the_step_budget() -> None:
+    assert quality.epochs_for_steps(200, 572, 32) == 12  # Stanford Background: 17 steps an epoch -> 204 steps
+    assert quality.epochs_for_steps(200, 845, 32) == 8  # LabelMeFacade: 26 steps an epoch -> 208 steps
+    assert quality.epochs_for_steps(10, 1898, 32) == 1  # never below one epoch
+    with pytest.raises(ValueError, match="too few for one step"):
+        quality.epochs_for_steps(200, 16, 32)
+
+
+def test_a_scene_set_selects_the_scene_recipes_and_its_own_work_dir(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _scene_set(tmp_path / "my_scenes")
+    seen = {}
+
+    def fake_pretrain(variant, data, data_root, seed, run_dir, epochs, *args, **kwargs):
+        seen.update(data=data, data_root=data_root, run_dir=run_dir, epochs=epochs)
+        (run_dir / "backbone.pt").write_bytes(b"")
+        return 1.0
+
+    monkeypatch.setattr(quality, "pretrain", fake_pretrain)
+    monkeypatch.setattr(quality, "evaluate", lambda *args, **kwargs: 10.0)
+    monkeypatch.setattr(quality, "count_images", lambda folder: 96)  # 3 steps of 32 an epoch
+    out = tmp_path / "out.json"
+    assert quality.main(["--data-root", str(root), "--variants", "vicreg", "--seeds", "0", "--no-match",
+                         "--steps", "9", "--work-dir", str(tmp_path / "work"), "--out", str(out)]) == 0
+    assert seen["data"] == "scenes" and seen["epochs"] == 3 and seen["run_dir"] == tmp_path / "work" / "vicreg_s0"
+    result = json.loads(out.read_text())
+    assert result["settings"]["data_root"] == str(root)
+    assert set(result["results"]["vicreg"]) == {"linear_last", "knn_last", "linear_l34", "knn_l34", "pretrain_s"}
+    assert quality.variants("scenes")["densecl"][0] == "configs/pretrain/densecl_resnet18_scenes.yaml"
+    assert "vicregl_a0.9" not in quality.variants("scenes")
+    assert quality.seg_root(root, "groups") == root
+
+
+def test_a_folder_that_is_not_a_scene_set_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _scene_set(tmp_path / "scenes")
+    (root / "masks" / "val" / "0.png").unlink()
+    (root / "masks" / "val" / "1.png").unlink()
+    (root / "masks" / "val").rmdir()
+    with pytest.raises(SystemExit):
+        quality.main(["--data-root", str(root), "--variants", "vicreg"])
+    assert "is not a scene set in the folder layout: missing masks/val" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quality.main(["--data", "scenes"])
+    assert "--data scenes needs --data-root DIR" in capsys.readouterr().err
