@@ -1,5 +1,5 @@
-"""Quality table at small scale: the VICRegL paper's central ablation, on the embedded synthetic scenes or on real
-photographs.
+"""Quality table at small scale: the VICRegL paper's central ablation, on the embedded synthetic scenes or on real,
+densely labelled scenes.
 
 Every variant is pretrained with the **same CPU budget** (same backbone, batch, epochs, image stream and seed) from
 the ResNet-18 recipe of the chosen data, then its frozen backbone is scored on that data's segmentation split:
@@ -19,28 +19,18 @@ then is scored on the val split at 224 px under two feature protocols: the last 
 paper's linear protocol) and layer3 + layer4 concatenated (``l34``). Results go to
 ``results/quality_<DIR name>.json``, runs to ``runs/quality_<DIR name>/``.
 
-``--data synthetic`` (default without ``--data-root``): the embedded scenes, ``configs/pretrain/*_resnet18_synthetic.yaml``, eval at 224 px on
-the last stage. ``--data photos``: the real-photograph benchmark of ``scripts/get_real_data.sh``
-(``densessl.data.photo_benchmark``; ``--data-root``, default ``$DENSESSL_DATA/photos`` or
-``~/.cache/densessl/photos``), ``configs/pretrain/*_resnet18_photos.yaml``, eval at 224 px with **two feature
-protocols**: the last stage alone (``last``, the VICRegL paper's linear protocol) and layer3 + layer4 concatenated
-(``l34``); every metric is reported for both. The photos table also has the ``edges`` row: the same probes on an
-edge-only feature map (``densessl.eval.edge_baseline``), the control that shows paste seams do not solve the task.
-``--view figure|coarse|seen`` scores the same backbones on a diagnostic label view of the photo benchmark
-(``photo_benchmark.build_views``: figure-ground, animal/plant/object, or val scenes of the train cut-outs) and
-``--input-size 448`` at a finer grid; their evaluations are cached under names tagged with the view and size.
-``--detection`` (photos; on by default for the benchmark's own labels, ``--no-detection`` skips it) also fine-tunes a
-Faster R-CNN + FPN from each backbone on the benchmark's COCO instances
-(``configs/detection/faster_rcnn_fpn_r18_photos.yaml``, all layers trained, ``train.seed`` = the seed) and reports
-its box AP and AP50 on the 150 val composites: the detection transfer of the issue's table (about 4-7 min per run here).
+``--data synthetic`` (default without ``--data-root``): the embedded scenes,
+``configs/pretrain/*_resnet18_synthetic.yaml``, eval at 224 px on the last stage.
+
+``--input-size 448`` (either data) evaluates at a finer grid; those evaluations are cached under names tagged with the
+size.
 
 Variants (``--variants``; all VICRegL ones use the VICRegL recipe of the data):
 
 ==============  ====================================================================================
 random          no pretraining: the random initialisation of the same seed
-edges           (photos only) no backbone: Sobel edge magnitudes pooled to stride 32 with 3x3 context
 vicreg          VICRegL with alpha = 1 (global VICReg criterion only; the paper's alpha = 1 row)
-vicregl_a0.9    alpha = 0.9
+vicregl_a0.9    (synthetic only) alpha = 0.9
 vicregl_a0.75   alpha = 0.75 (the paper's default)
 geometric       alpha = 0.75, local term with the location (geometric) matching only
 learned         alpha = 0.75, local term with the feature (learned) matching only
@@ -64,8 +54,6 @@ Usage::
     .venv/bin/python benchmarks/quality.py --data-root ../data/stanford_background --seeds 0 1 2
     .venv/bin/python benchmarks/quality.py --data-root ../data/labelmefacade --variants random vicreg vicregl_a0.75
     .venv/bin/python benchmarks/quality.py --seeds 0 1 2 --epochs 6
-    bash scripts/get_real_data.sh && .venv/bin/python benchmarks/quality.py --data photos --seeds 0 1 2
-    .venv/bin/python benchmarks/quality.py --data photos --variants random vicreg vicregl_a0.75 --seeds 0 1 2
 """
 
 from __future__ import annotations
@@ -92,7 +80,7 @@ ARCHS = {"resnet18": "resnet18", "vit_tiny": "vit_tiny_patch16_224"}
 
 def variants(data: str, arch: str = "resnet18") -> dict[str, tuple[str, list[str]]]:
     """``variant -> (config, overrides)`` for one data set and backbone (``""``: no pretraining). DenseCL and PixPro
-    are only listed where their recipe exists (ResNet-18)."""
+    are only listed where their recipe exists (ResNet-18); the scene sets have no alpha = 0.9 row."""
     recipe = f"configs/pretrain/vicregl_{arch}_{data}.yaml"
     table = {
         "random": ("", []),
@@ -107,29 +95,19 @@ def variants(data: str, arch: str = "resnet18") -> dict[str, tuple[str, list[str
     table = {name: entry for name, entry in table.items() if not entry[0] or (ROOT / entry[0]).is_file()}
     if data == "scenes":
         del table["vicregl_a0.9"]
-    if data == "photos":
-        table = {"random": table.pop("random"), "edges": ("", []), **table}
     return table
 
 
 def default_variants(data: str, arch: str = "resnet18") -> list[str]:
-    """The variants run when ``--variants`` is not given: every one of the data set, except that the photo table
-    (benchmarks/README "Real photographs") has no alpha = 0.9 row."""
-    return [v for v in variants(data, arch) if data != "photos" or v != "vicregl_a0.9"]
+    """The variants run when ``--variants`` is not given: every one of the data set and backbone."""
+    return list(variants(data, arch))
 
 
-def detection_by_default(data: str, view: str, arch: str = "resnet18") -> bool:
-    """Whether ``--detection`` is on when neither it nor ``--no-detection`` is given: for the photo benchmark's own
-    labels (its table has a box AP column) with the ResNet-18 of the detection recipe; the label views are
-    segmentation only."""
-    return data == "photos" and view == "groups" and arch == "resnet18"
-
-
-ALL_VARIANTS = list(variants("photos"))
+# Every variant name of some data set: the scene list, plus alpha = 0.9 (synthetic only).
+ALL_VARIANTS = list(dict.fromkeys([*variants("synthetic"), *variants("scenes")]))
 # Feature protocols per data set: name -> levels (DenseBackbone indices; -1 = last stage).
 # For a ViT, -2 / -1 are its last two blocks (``l34`` keeps its name: the two last levels).
-PROTOCOL_LEVELS = {"synthetic": {"": [-1]}, "photos": {"last": [-1], "l34": [-2, -1]},
-                   "scenes": {"last": [-1], "l34": [-2, -1]}}
+PROTOCOL_LEVELS = {"synthetic": {"": [-1]}, "scenes": {"last": [-1], "l34": [-2, -1]}}
 # --data scenes: the pretraining budget in optimizer steps (train.epochs is derived from it per data set).
 DEFAULT_SCENE_STEPS = 200
 
@@ -176,14 +154,14 @@ def run(cmd: list[str], log: Path, threads: int) -> None:
         raise RuntimeError(f"command failed ({code}): {' '.join(cmd)}\n--- {log} (tail) ---\n{tail}")
 
 
-def pretrain(variant: str, data: str, data_root: Path, seed: int, run_dir: Path, epochs: int | None,
+def pretrain(variant: str, data: str, data_root: Path | None, seed: int, run_dir: Path, epochs: int | None,
              threads: int, arch: str = "resnet18", extra: tuple[str, ...] = ()) -> float:
     """Pretrain (or reuse / resume) one variant; returns the wall time of the pretraining in seconds. ``extra``:
-    ``key=value`` overrides applied after the variant's own (``--pretrain-set``)."""
+    ``key=value`` overrides applied after the variant's own (``--pretrain-set``); ``data_root``: the scene set
+    (``None`` for synthetic)."""
     config, overrides = variants(data, arch)[variant]
-    if data == "photos":
-        overrides = [f"data.root={data_root / 'pretrain'}", *overrides]
-    elif data == "scenes":
+    if data == "scenes":
+        assert data_root is not None
         overrides = [f"data.root={scene_pool(data_root, run_dir.parent)}", *overrides]
     settings = [f"train.seed={seed}", "train.progress=false", "train.diagnostics_every=0", "train.tensorboard=false",
                 *overrides, *([f"train.epochs={epochs}"] if epochs is not None else []), *extra]
@@ -245,22 +223,14 @@ def check_reused_run(run_dir: Path, config: str, settings: list[str]) -> None:
                  f"--work-dir, or delete that run directory to pretrain it again")
 
 
-def seg_root(data_root: Path, view: str) -> Path:
-    """The segmentation folder of a photo-benchmark label view (``groups``: the benchmark itself); a scene set is
-    its own segmentation folder."""
-    if (data_root / "classes.txt").is_file() and (data_root / "images").is_dir():
-        return data_root
-    return data_root / "seg" if view == "groups" else data_root / "views" / view
-
-
 def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int, threads: int, data: str,
-             data_root: Path, levels: list[int], view: str = "groups", arch: str = "resnet18") -> float:
-    """mIoU (percent) of one protocol, cached in ``out``."""
+             data_root: Path | None, levels: list[int], arch: str = "resnet18") -> float:
+    """mIoU (percent) of one protocol, cached in ``out``; a scene set (``data_root``) is read as a folder dataset."""
     if not out.exists():
         # a run's export states its architecture
         arch_args = ["--arch", ARCHS[arch]] if weights == "random" else []
         dataset = ["--dataset", "synthetic"] if data == "synthetic" else [
-            "--dataset", "folder", "--data-root", str(seg_root(data_root, view))]
+            "--dataset", "folder", "--data-root", str(data_root)]
         cmd = [sys.executable, "-m", "densessl.cli.eval_seg", "--weights", weights, *arch_args, *dataset,
                "--protocol", protocol, "--input-size", str(input_size), "--seed", str(seed), "--no-progress",
                "--levels", *map(str, levels), "--num-threads", str(threads), "--out", str(out)]
@@ -269,7 +239,7 @@ def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int,
 
 
 def match_score(weights: str | None, seed: int, images: int, size: int, out: Path, data: str,
-                data_root: Path, arch: str = "resnet18") -> float:
+                data_root: Path | None, arch: str = "resnet18") -> float:
     """Learned-match precision (percent) of the backbone's last map, cached in ``out``."""
     if out.exists():
         return float(json.loads(out.read_text())["precision"])
@@ -288,10 +258,11 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     if data == "synthetic":
         scenes = SyntheticScenes(images, size=(128, 128), seed=0, split="val")
         pil = [scenes[i].image for i in range(len(scenes))]
-    else:  # the first val composites of the photo benchmark
+    else:  # the first val images of the scene set
         from densessl.data.images import load_image
 
-        files = sorted((seg_root(data_root, "groups") / "images" / "val").glob("*.jpg"))[:images]
+        assert data_root is not None
+        files = sorted((data_root / "images" / "val").glob("*.jpg"))[:images]
         pil = [load_image(path) for path in files]
     config = MultiCropConfig(n_global=2, global_size=size, n_local=0)
     config.jitter_p, config.grayscale_p, config.blur_p, config.solarize_p = 0.0, 0.0, (0.0, 0.0), (0.0, 0.0)
@@ -301,7 +272,7 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
     return 100 * result.precision
 
 
-def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_root: Path, out: Path,
+def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_root: Path | None, out: Path,
                   arch: str = "resnet18") -> dict:
     """RankMe of the pooled and of the dense last-stage features on ``images`` val images at 224 px, cached."""
     if out.exists():
@@ -318,7 +289,7 @@ def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_r
     if data == "synthetic":
         dataset = build_segmentation_dataset("synthetic", None, "val", num_images=images, size=(128, 128), seed=0)
     else:
-        dataset = build_segmentation_dataset("folder", str(seg_root(data_root, "groups")), "val")
+        dataset = build_segmentation_dataset("folder", str(data_root), "val")
     transform = SegEvalTransform(224)
     batch = torch.stack([transform(dataset[i])[0] for i in range(min(images, len(dataset)))])
     with torch.no_grad():
@@ -329,41 +300,18 @@ def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_r
     return result
 
 
-DETECTION_RECIPE = "configs/detection/faster_rcnn_fpn_r18_photos.yaml"
-
-
-def detection_scores(weights: str, seed: int, data_root: Path, run_dir: Path, threads: int,
-                     overrides: tuple[str, ...] = ()) -> dict[str, float]:
-    """Box AP / AP50 (percent) of the photo detection recipe fine-tuned from ``weights`` (``random``: the random init
-    of this seed), cached in ``run_dir/det/results.json`` (an interrupted fine-tuning resumes). ``overrides``: extra
-    ``key=value`` settings (tests shrink the schedule)."""
-    det_dir = run_dir / "det"
-    results = det_dir / "results.json"
-    if not results.exists():
-        model = "model.weights=null" if weights == "random" else f"model.weights={weights}"
-        cmd = [sys.executable, "-m", "densessl.cli.finetune_det", DETECTION_RECIPE, "--output-dir", str(det_dir),
-               "--resume", "auto", f"data.root={data_root / 'seg'}", model, f"train.seed={seed}",
-               f"train.num_threads={threads}", "train.progress=false", *overrides]
-        det_dir.mkdir(parents=True, exist_ok=True)
-        run(cmd, run_dir / "det.log", threads)
-    metrics = json.loads(results.read_text())
-    return {"box_AP": float(metrics["box_AP"]), "box_AP50": float(metrics["box_AP50"])}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", choices=["synthetic", "photos", "scenes"], default=None,
+    parser.add_argument("--data", choices=["synthetic", "scenes"], default=None,
                         help="default: scenes when --data-root is a scene set (classes.txt, images/, masks/), else "
                              "synthetic")
     parser.add_argument("--data-root", type=Path, default=None,
-                        help="a scene set in the folder layout (images/{train,val}, masks/{train,val}, classes.txt), "
-                             "or the photo benchmark folder (default: $DENSESSL_DATA/photos)")
+                        help="a scene set in the folder layout (images/{train,val}, masks/{train,val}, classes.txt)")
     parser.add_argument("--steps", type=int, default=None,
                         help=f"scenes: pretraining budget in optimizer steps (default {DEFAULT_SCENE_STEPS}; "
                              f"train.epochs is derived from it); --epochs sets the epochs instead")
     parser.add_argument("--variants", nargs="+", default=None, choices=ALL_VARIANTS,
-                        help="default: every variant of the data set (photos: the README table's rows, all but "
-                             "vicregl_a0.9)")
+                        help="default: every variant of the data set (scenes: all but vicregl_a0.9)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--arch", choices=list(ARCHS), default="resnet18",
                         help="backbone of every pretrained variant and of the random init (recipes "
@@ -374,21 +322,15 @@ def main(argv: list[str] | None = None) -> int:
                              "e.g. vicregl.projector=1024-1024-128); needs --work-dir, so that its runs are not "
                              "mixed with the recipe's cached ones")
     parser.add_argument("--input-size", type=int, default=224, help="segmentation eval input size")
-    parser.add_argument("--view", default="groups", choices=["groups", "figure", "coarse", "seen"],
-                        help="photos: the label view to evaluate (groups: the benchmark's 9 groups; the others are "
-                             "the diagnostic views of densessl.data.photo_benchmark.build_views)")
     parser.add_argument("--match-images", type=int, default=64)
     parser.add_argument("--match-size", type=int, default=224, help="global view size for the match precision")
     parser.add_argument("--protocols", nargs="+", default=None,
-                        help="feature protocols to evaluate (photos: last l34; default: all of the data set)")
+                        help="feature protocols to evaluate (scenes: last l34; default: all of the data set)")
     parser.add_argument("--no-match", action="store_true", help="skip the match precision")
-    parser.add_argument("--detection", action=argparse.BooleanOptionalAction, default=None,
-                        help="also fine-tune the photo detection recipe from each backbone (box AP, AP50); "
-                             "default: on for --data photos, where it is a column of the README table")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: benchmarks/runs/quality_<data>")
     parser.add_argument("--out", type=Path, default=None,
-                        help="default: results/quality.json (synthetic), results/quality_photos.json")
+                        help="default: results/quality.json (synthetic), results/quality_<DIR name>.json (scenes)")
     args = parser.parse_args(argv)
     if args.data is None:
         is_scene_set = args.data_root is not None and (args.data_root / "classes.txt").is_file()
@@ -402,9 +344,6 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--data-root {args.data_root} is not a scene set in the folder layout: missing "
                          f"{', '.join(missing)} (expected images/{{train,val}}/*.jpg, masks/{{train,val}}/*.png, "
                          f"classes.txt)")
-        if args.detection:
-            parser.error("--detection needs --data photos (the scene sets have no instance labels)")
-        args.detection = False
     if args.steps is not None and (args.data != "scenes" or args.epochs is not None):
         parser.error("--steps sets the pretraining budget of --data scenes; give either --steps or --epochs")
     table = variants(args.data, args.arch)
@@ -415,31 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.pretrain_set and args.work_dir is None:
         parser.error("--pretrain-set changes the pretraining: give it its own --work-dir (the default one caches the "
                      "recipe's runs)")
-    if args.detection and args.arch != "resnet18":
-        parser.error(f"--detection fine-tunes a ResNet-18 FPN detector ({DETECTION_RECIPE}); add --no-detection "
-                     f"for --arch {args.arch}")
-    cache = Path(os.environ.get("DENSESSL_DATA", Path.home() / ".cache" / "densessl"))
-    data_root = (args.data_root or cache / "photos").expanduser().absolute()
-    if args.data == "photos" and not (data_root / "seg" / "classes.txt").is_file():
-        parser.error(f"no photo benchmark at {data_root}: run `bash scripts/get_real_data.sh` first "
-                     f"(or pass --data-root)")
-    if args.detection and args.data != "photos":
-        parser.error("--detection needs --data photos (the synthetic detection table is in the README)")
-    if args.detection is None:
-        args.detection = detection_by_default(args.data, args.view, args.arch)
-    if args.detection and not (data_root / "seg" / "annotations" / "instances_val.json").is_file():
-        parser.error(f"--detection needs the benchmark's COCO instances at {data_root / 'seg' / 'annotations'}: "
-                     f"rebuild it with `bash scripts/get_real_data.sh`")
-    view_root = seg_root(data_root, args.view)
-    if args.view != "groups" and args.data != "photos":
-        parser.error(f"--view {args.view} is a view of the photo benchmark: add --data photos")
-    if args.view != "groups" and not (view_root / "classes.txt").is_file():
-        parser.error(f"--view {args.view} needs the benchmark's label views at {view_root}: run "
-                     f"`bash scripts/get_real_data.sh` (it adds them to a built benchmark)")
-    data_name = {"synthetic": "", "photos": "_photos", "scenes": f"_{data_root.name}"}[args.data]
+    data_root = args.data_root.expanduser().absolute() if args.data == "scenes" else None
+    data_name = f"_{data_root.name}" if data_root is not None else ""
     name = f"quality{data_name}" + ("" if args.arch == "resnet18" else f"_{args.arch}")
     work_dir = (args.work_dir or HERE / "runs" / name).absolute()
-    if args.data == "scenes" and args.epochs is None:
+    if data_root is not None and args.epochs is None:
         from densessl.config import load_config
 
         pool = scene_pool(data_root, work_dir)
@@ -468,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = work_dir / f"{variant}_s{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
             seconds = 0.0
-            weights = variant if variant in ("random", "edges") else None
+            weights = "random" if variant == "random" else None
             if weights is None:
                 seconds = pretrain(variant, args.data, data_root, seed, run_dir, args.epochs, args.threads,
                                    args.arch, tuple(args.pretrain_set))
@@ -476,24 +395,19 @@ def main(argv: list[str] | None = None) -> int:
                 pretrained.append(run_dir)
             scores: dict[str, float] = {}
             for suffix, levels in protocols.items():
-                if variant == "edges" and suffix == "l34":
-                    continue  # one level only: identical to the last-stage protocol
-                tag = f"_{suffix}" if suffix else ""
-                tag += (f"_{args.view}" if args.view != "groups" else "") + (
+                tag = (f"_{suffix}" if suffix else "") + (
                     f"_{args.input_size}" if args.input_size != 224 else "")  # cache files of other settings
                 for protocol in ("linear", "knn"):
                     scores[protocol + tag] = evaluate(weights, seed, protocol, run_dir / f"{protocol}{tag}.json",
                                                       args.input_size, args.threads, args.data, data_root, levels,
-                                                      args.view, args.arch)
-            if variant != "edges" and not args.no_match:
+                                                      args.arch)
+            if not args.no_match:
                 file = None if weights == "random" else weights  # None: the random init of this seed
                 scores["match"] = match_score(file, seed, args.match_images, args.match_size, run_dir / "match.json",
                                               args.data, data_root, args.arch)
                 ranks = rankme_scores(file, seed, args.match_images, args.data, data_root, run_dir / "rankme.json",
                                       args.arch)
                 scores["rankme_dense"] = ranks["rankme_dense"]
-            if args.detection and variant != "edges":
-                scores.update(detection_scores(weights, seed, data_root, run_dir, args.threads))
             scores["pretrain_s"] = seconds
             print(f"{variant:14s} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
             for key, value in scores.items():
@@ -512,12 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
         "machine": info,
-        "settings": {"data": args.data, "data_root": str(data_root) if args.data != "synthetic" else None,
-                     "arch": ARCHS[args.arch], "view": args.view, "seeds": args.seeds,
+        "settings": {"data": args.data, "dataset": data_root.name if data_root is not None else "synthetic",
+                     "data_root": str(data_root) if data_root is not None else None,
+                     "arch": ARCHS[args.arch], "seeds": args.seeds,
                      "epochs": args.epochs, "pretrain_set": args.pretrain_set, "input_size": args.input_size,
                      "protocol_levels": protocols, "match_images": args.match_images,
                      "match_size": args.match_size, "threads": args.threads,
-                     "detection": DETECTION_RECIPE if args.detection else None,
                      "variants": {v: table[v] for v in chosen}},
         "results": rows,
         "paired": {"reference": "vicreg", "differences": paired},

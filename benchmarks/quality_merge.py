@@ -10,17 +10,16 @@ two tables:
   share the backbone initialisation and the image stream, so the seed-to-seed spread they have in common cancels in
   the difference; it is the comparison to read when the two rows' spreads are larger than the gap between them.
 
-Files must agree on every setting that changes a value (data, arch, label view, epochs, ``--pretrain-set``, eval input
-size, feature protocols, threads, each variant's recipe; the match and detection settings when both files have those
-columns) and must not share a seed; a variant or metric missing from one file is left out of the merged table (with a
-note). Files from different CPU models are merged with a warning: a pretrained row moves across CPU families
-(``benchmarks/README.md``, "Reproducing on another CPU").
+Files must agree on every setting that changes a value (data set, arch, epochs, ``--pretrain-set``, eval input size,
+feature protocols, threads, each variant's recipe; the match settings when both files have those columns) and must not share a seed; a variant or metric missing from one file is
+left out of the merged table (with a note). Files from different CPU models are merged with a warning: a pretrained
+row moves across CPU families (``benchmarks/README.md``, "Reproducing on another CPU").
 
 Usage::
 
-    .venv/bin/python benchmarks/quality_merge.py benchmarks/results/quality_photos.json \\
-        benchmarks/results/quality_photos_s345.json --variants random vicreg vicregl_a0.75 \\
-        --out benchmarks/results/quality_photos_6seeds.json
+    .venv/bin/python benchmarks/quality_merge.py benchmarks/results/quality_stanford_background.json \\
+        benchmarks/results/quality_stanford_background_s345.json --variants random vicreg vicregl_a0.75 \\
+        --out benchmarks/results/quality_stanford_background_6seeds.json
 """
 
 from __future__ import annotations
@@ -32,10 +31,10 @@ import sys
 from pathlib import Path
 
 # Settings that change every result value; files that differ on one of them cannot share a table.
-SAME_SETTINGS = ("data", "arch", "view", "epochs", "pretrain_set", "input_size", "protocol_levels", "threads")
+SAME_SETTINGS = ("data", "dataset", "arch", "epochs", "pretrain_set", "input_size", "protocol_levels", "threads")
 # Settings that change only some metrics: compared only when both files have those metrics (a file written with
-# --no-match or --no-detection merges with one that has them; those columns are then left out).
-METRIC_SETTINGS = {("match_images", "match_size"): ("match", "rankme_dense"), ("detection",): ("box_AP", "box_AP50")}
+# --no-match merges with one that has them; those columns are then left out).
+METRIC_SETTINGS = {("match_images", "match_size"): ("match", "rankme_dense")}
 
 
 def _has_metric(result: dict, metrics: tuple[str, ...]) -> bool:

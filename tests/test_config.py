@@ -16,8 +16,15 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "pretrain").
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
-    cfg = load_config(path)
+    # The scene recipes name no image folder: the user (or benchmarks/quality.py) gives data.root.
+    overrides = ["data.root=/data/scenes/images/train"] if path.stem.endswith("_scenes") else []
+    cfg = load_config(path, overrides)
     assert isinstance(cfg, Config) and cfg.objective is getattr(cfg, cfg.method)
+
+
+def test_a_scene_recipe_without_its_image_folder_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"data\.root"):
+        load_config(CONFIGS[0].parent / "vicregl_resnet18_scenes.yaml")
 
 
 def test_official_resnet50_recipe_values() -> None:

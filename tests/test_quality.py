@@ -1,7 +1,7 @@
-"""``benchmarks/quality.py --detection``: the photo detection recipe runs on a photo benchmark and its AP is cached.
-
-A small fake benchmark (the package tree of ``tests/data/test_photo_benchmark.py``) and a 4-iteration schedule at
-64 px: about 20 s on 2 CPU cores.
+"""``benchmarks/quality.py``: variants and recipes per data kind (synthetic, scenes), pretraining settings reaching
+the training command, cached runs of other settings refused, the CPU model recorded, the paired-differences table,
+and the scene-set mode (pool, step budget, folder layout) on a tiny scene set. Pretraining and probes are stubbed;
+only the match precision / RankMe test runs a (random-init) backbone, on two tiny val images.
 """
 
 from __future__ import annotations
@@ -12,86 +12,43 @@ from pathlib import Path
 
 import pytest
 
-from densessl.data.photo_benchmark import build
-from tests.data.test_photo_benchmark import _fake_sources
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality  # noqa: E402
 
-TINY = ("train.max_iters=4", "optim.steps=[2,3]", "optim.warmup_iters=1", "data.min_size_train=[64]",
-        "data.min_size_test=64", "data.max_size=96", "data.num_workers=0", "train.checkpoint_every=2")
 
-
-@pytest.mark.slow
-def test_detection_scores_fine_tune_the_photo_recipe_and_cache(tmp_path: Path) -> None:
-    data_root = tmp_path / "photos"
-    build(_fake_sources(tmp_path / "sources"), data_root, train_scenes=6, val_scenes=3, progress=False)
-    run_dir = tmp_path / "random_s0"
-    scores = quality.detection_scores("random", 0, data_root, run_dir, threads=1, overrides=TINY)
-    assert set(scores) == {"box_AP", "box_AP50"} and all(0.0 <= v <= 100.0 for v in scores.values())
-    results = json.loads((run_dir / "det" / "results.json").read_text())
-    assert results["iterations"] == 4 and results["num_val_images"] == 3
-    # The cached result is read back without fine-tuning again.
-    (run_dir / "det.log").unlink()
-    assert quality.detection_scores("random", 0, data_root, run_dir, threads=1, overrides=TINY) == scores
-    assert not (run_dir / "det.log").exists()
-
-
-def test_photo_detection_recipe_finds_the_default_benchmark_under_home(tmp_path: Path,
-                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from densessl.config_io import load_config
-    from densessl.train.finetune_det import DetConfig, build_datasets
-
-    monkeypatch.setenv("HOME", str(tmp_path))
-    build(_fake_sources(tmp_path / "sources"), tmp_path / ".cache" / "densessl" / "photos", train_scenes=6,
-          val_scenes=3, progress=False)
-    cfg = load_config(DetConfig, ROOT / quality.DETECTION_RECIPE)
-    assert cfg.data.root == "~/.cache/densessl/photos/seg"  # expanded when the datasets are built
-    train, val = build_datasets(cfg)
-    assert (len(train), len(val)) == (6, 3)
-
-
-def test_detection_needs_the_photo_data(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit):
-        quality.main(["--data", "synthetic", "--detection"])
-    assert "--detection needs --data photos" in capsys.readouterr().err
-
-
-def test_the_plain_photo_command_runs_the_readme_table() -> None:
-    """``quality.py --data photos --seeds 0 1 2`` (the issue's reproduction command) must produce every row and column
-    of the README's photo table: all variants but alpha 0.9, with the detection column."""
-    assert quality.default_variants("photos") == ["random", "edges", "vicreg", "vicregl_a0.75", "geometric", "learned",
+def test_default_variants_of_each_data_kind() -> None:
+    """Without ``--variants`` a scene set runs every scene row (no alpha = 0.9 row); synthetic runs all its rows."""
+    assert quality.default_variants("scenes") == ["random", "vicreg", "vicregl_a0.75", "geometric", "learned",
                                                   "densecl", "pixpro"]
     assert "vicregl_a0.9" in quality.default_variants("synthetic")
-    assert quality.detection_by_default("photos", "groups")
-    assert not quality.detection_by_default("photos", "figure")  # label views: segmentation only
-    assert not quality.detection_by_default("synthetic", "groups")
+    assert set(quality.ALL_VARIANTS) == set(quality.variants("synthetic")) | set(quality.variants("scenes"))
 
 
-def test_vit_tiny_rows_use_the_vit_recipes_and_skip_detection(capsys: pytest.CaptureFixture[str]) -> None:
-    table = quality.variants("photos", "vit_tiny")
-    assert table["vicregl_a0.75"][0] == "configs/pretrain/vicregl_vit_tiny_photos.yaml"
+def test_vit_tiny_rows_use_the_vit_recipes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = quality.variants("scenes", "vit_tiny")
+    assert table["vicregl_a0.75"][0] == "configs/pretrain/vicregl_vit_tiny_scenes.yaml"
     assert "densecl" not in table and "pixpro" not in table  # no ViT recipe for them
-    assert not quality.detection_by_default("photos", "groups", "vit_tiny")
+    root = _scene_set(tmp_path / "scenes")
     with pytest.raises(SystemExit):
-        quality.main(["--data", "photos", "--arch", "vit_tiny", "--variants", "densecl"])
-    assert "variants ['densecl'] do not exist for --data photos --arch vit_tiny" in capsys.readouterr().err
+        quality.main(["--data-root", str(root), "--arch", "vit_tiny", "--variants", "densecl"])
+    assert "variants ['densecl'] do not exist for --data scenes --arch vit_tiny" in capsys.readouterr().err
 
 
 def test_pretrain_set_needs_its_own_work_dir(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
-        quality.main(["--data", "photos", "--variants", "vicreg", "--pretrain-set", "vicregl.projector=64-64-16"])
+        quality.main(["--data", "synthetic", "--variants", "vicreg", "--pretrain-set", "vicregl.projector=64-64-16"])
     assert "--pretrain-set changes the pretraining: give it its own --work-dir" in capsys.readouterr().err
 
 
 def test_pretrain_set_reaches_the_training_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     commands = []
     monkeypatch.setattr(quality, "run", lambda cmd, log, threads: commands.append(cmd))
-    quality.pretrain("vicreg", "photos", tmp_path / "photos", 0, tmp_path / "run", None, 1,
-                     extra=("vicregl.projector=64-64-16",))
+    root = _scene_set(tmp_path / "scenes")
+    quality.pretrain("vicreg", "scenes", root, 0, tmp_path / "run", None, 1, extra=("vicregl.projector=64-64-16",))
     assert commands[0][-2:] == ["vicregl.alpha=1.0", "vicregl.projector=64-64-16"]  # after the variant's own
+    assert f"data.root={root / 'images' / 'train'}" in commands[0]  # the scene set's train images
 
 
 def test_a_cached_run_of_other_settings_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
@@ -101,18 +58,18 @@ def test_a_cached_run_of_other_settings_is_refused(tmp_path: Path, monkeypatch: 
 
     commands = []
     monkeypatch.setattr(quality, "run", lambda cmd, log, threads: commands.append(cmd))
-    data_root, run_dir = tmp_path / "photos", tmp_path / "run"
-    config, overrides = quality.variants("photos")["vicreg"]
+    data_root, run_dir = _scene_set(tmp_path / "scenes"), tmp_path / "run"
+    config, overrides = quality.variants("scenes")["vicreg"]
     run_dir.mkdir()
-    save_config(load_config(quality.ROOT / config, [f"data.root={data_root / 'pretrain'}", *overrides,
+    save_config(load_config(quality.ROOT / config, [f"data.root={data_root / 'images' / 'train'}", *overrides,
                                                     "train.seed=0"]), run_dir / "config.yaml")
     (run_dir / "backbone.pt").write_bytes(b"")
     (run_dir / "pretrain_time.json").write_text(json.dumps({"seconds": 5.0}))
-    assert quality.pretrain("vicreg", "photos", data_root, 0, run_dir, None, 1) == 5.0  # same settings: reused
+    assert quality.pretrain("vicreg", "scenes", data_root, 0, run_dir, None, 1) == 5.0  # same settings: reused
     with pytest.raises(SystemExit, match=r"train\.epochs: run 12, asked 24.*own --work-dir"):
-        quality.pretrain("vicreg", "photos", data_root, 0, run_dir, 24, 1)
+        quality.pretrain("vicreg", "scenes", data_root, 0, run_dir, 24, 1)
     with pytest.raises(SystemExit, match=r"vicregl\.projector: run '1024-1024-1024', asked '64-64-16'"):
-        quality.pretrain("vicreg", "photos", data_root, 0, run_dir, None, 1, extra=("vicregl.projector=64-64-16",))
+        quality.pretrain("vicreg", "scenes", data_root, 0, run_dir, None, 1, extra=("vicregl.projector=64-64-16",))
     assert commands == []  # nothing was pretrained
 
 
@@ -130,7 +87,7 @@ def test_pretrain_cpu_models_reads_each_cached_run(tmp_path: Path) -> None:
 
 def test_pretrain_records_the_cpu_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(quality, "run", lambda cmd, log, threads: None)
-    quality.pretrain("vicreg", "photos", tmp_path / "photos", 0, tmp_path / "run", None, 1)
+    quality.pretrain("vicreg", "synthetic", None, 0, tmp_path / "run", None, 1)
     timing = json.loads((tmp_path / "run" / "pretrain_time.json").read_text())
     assert timing["cpu_model"] == quality.cpu_model() and timing["cpu_model"]
 
@@ -223,7 +180,32 @@ def test_a_scene_set_selects_the_scene_recipes_and_its_own_work_dir(tmp_path: Pa
     assert set(result["results"]["vicreg"]) == {"linear_last", "knn_last", "linear_l34", "knn_l34", "pretrain_s"}
     assert quality.variants("scenes")["densecl"][0] == "configs/pretrain/densecl_resnet18_scenes.yaml"
     assert "vicregl_a0.9" not in quality.variants("scenes")
-    assert quality.seg_root(root, "groups") == root
+
+
+def test_a_scene_set_is_evaluated_as_its_own_folder_dataset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _scene_set(tmp_path / "scenes")
+    commands = []
+
+    def fake_run(cmd, log, threads):
+        commands.append(cmd)
+        Path(cmd[cmd.index("--out") + 1]).write_text(json.dumps({"mIoU": 12.5}))
+
+    monkeypatch.setattr(quality, "run", fake_run)
+    out = tmp_path / "knn_last.json"
+    assert quality.evaluate("random", 0, "knn", out, 224, 1, "scenes", root, [-1]) == 12.5
+    cmd = " ".join(commands[0])
+    assert f"--dataset folder --data-root {root}" in cmd and "--arch resnet18" in cmd
+    assert quality.evaluate("random", 0, "knn", out, 224, 1, "scenes", root, [-1]) == 12.5  # cached
+    assert len(commands) == 1
+
+
+def test_match_precision_and_rankme_read_the_scene_val_images(tmp_path: Path) -> None:
+    root = _scene_set(tmp_path / "scenes")
+    precision = quality.match_score(None, 0, 8, 64, tmp_path / "match.json", "scenes", root)
+    assert 0.0 <= precision <= 100.0
+    ranks = quality.rankme_scores(None, 0, 8, "scenes", root, tmp_path / "rankme.json")
+    assert ranks["images"] == 2  # the scene set's two val images
+    assert ranks["rankme_dense"] > 0
 
 
 def test_a_folder_that_is_not_a_scene_set_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

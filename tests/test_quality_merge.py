@@ -13,9 +13,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import quality_merge  # noqa: E402
 
-SETTINGS = {"data": "photos", "arch": "resnet18", "view": "groups", "epochs": None, "pretrain_set": [],
-            "input_size": 224, "protocol_levels": {"last": [-1]}, "match_images": 64, "match_size": 224,
-            "threads": 2, "detection": None,
+SETTINGS = {"data": "scenes", "dataset": "stanford_background", "arch": "resnet18", "epochs": None,
+            "pretrain_set": [], "input_size": 224, "protocol_levels": {"last": [-1]}, "match_images": 64,
+            "match_size": 224, "threads": 2,
             "variants": {"vicreg": ["recipe.yaml", ["vicregl.alpha=1.0"]], "vicregl_a0.75": ["recipe.yaml", []]}}
 
 
@@ -63,17 +63,25 @@ def test_merge_refuses_other_settings_and_repeated_seeds() -> None:
         quality_merge.merge_results([_result([0], [9.0], [9.4]), recipe], ["a.json", "b.json"])
 
 
-def test_detection_settings_matter_only_when_both_files_have_the_column() -> None:
-    with_det = _result([0], [9.0], [9.4])
-    with_det["settings"]["detection"] = "det.yaml"
-    with_det["results"]["vicreg"]["box_AP"] = [0.7]
-    merged, notes = quality_merge.merge_results([with_det, _result([1], [9.9], [10.0])], ["a.json", "b.json"])
-    assert "box_AP" not in merged["results"]["vicreg"] and any("box_AP" in n for n in notes)
-    other_det = _result([1], [9.9], [10.0])
-    other_det["settings"]["detection"] = "other.yaml"
-    other_det["results"]["vicreg"]["box_AP"] = [0.9]
-    with pytest.raises(ValueError, match="differ in 'detection'"):
-        quality_merge.merge_results([with_det, other_det], ["a.json", "b.json"])
+def test_match_settings_matter_only_when_both_files_have_the_column() -> None:
+    with_match = _result([0], [9.0], [9.4])
+    with_match["results"]["vicreg"]["match"] = [40.0]
+    no_match = _result([1], [9.9], [10.0])
+    no_match["settings"]["match_images"] = 16  # a --no-match file: its match settings changed no value
+    merged, notes = quality_merge.merge_results([with_match, no_match], ["a.json", "b.json"])
+    assert "match" not in merged["results"]["vicreg"] and any("match" in n for n in notes)
+    other_match = _result([1], [9.9], [10.0])
+    other_match["settings"]["match_images"] = 16
+    other_match["results"]["vicreg"]["match"] = [41.0]
+    with pytest.raises(ValueError, match="differ in 'match_images'"):
+        quality_merge.merge_results([with_match, other_match], ["a.json", "b.json"])
+
+
+def test_files_of_two_scene_sets_do_not_merge() -> None:
+    other_set = _result([1], [9.9], [10.0])
+    other_set["settings"]["dataset"] = "labelmefacade"
+    with pytest.raises(ValueError, match="differ in 'dataset'"):
+        quality_merge.merge_results([_result([0], [9.0], [9.4]), other_set], ["a.json", "b.json"])
 
 
 def test_merge_leaves_out_what_one_file_lacks_and_warns_on_cpu_models() -> None:

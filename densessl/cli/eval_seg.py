@@ -32,7 +32,6 @@ dataset.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import os
@@ -54,8 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="print the resolved config (defaults <- YAML <- overrides <- flags) as YAML and exit")
     parser.add_argument("--weights",
                         help="backbone weights: backbone.safetensors/backbone.pt of a run, a training checkpoint, a "
-                             "timm state dict; 'random' (a random init); or 'edges' (the edge-only control of "
-                             "densessl.eval.edge_baseline) (required, here or in the config)")
+                             "timm state dict; or 'random' (required, here or in the config)")
     parser.add_argument("--arch", help="timm architecture, e.g. resnet18 (default: the one the weights file states; "
                                        "required with --weights random or a plain timm state dict)")
     parser.add_argument("--dataset", help="voc, ade20k, cityscapes, coco_stuff, folder or synthetic (required)")
@@ -170,27 +168,17 @@ def run(cfg: EvalSegConfig) -> dict[str, Any]:
     device = cfg.features.device or ("cuda" if torch.cuda.is_available() else "cpu")
     protocol_cfg = cfg.protocol_config(device)
     weights = None
-    if cfg.weights not in ("random", "edges"):  # checked before the (possibly slow) dataset scan
+    if cfg.weights != "random":  # checked before the (possibly slow) dataset scan
         if not os.path.exists(cfg.weights):
             raise FileNotFoundError(f"weights file not found: {cfg.weights!r} (use --weights random for a random "
                                     f"init)")
         weights = read_backbone_weights(cfg.weights)
-    if cfg.weights == "edges":
-        from densessl.eval.edge_baseline import EdgeFeatures
-
-        arch, weights_source = EdgeFeatures.arch, "edge-only control"
-    else:
-        arch = resolve_arch(cfg.arch, weights)
-        weights_source = "random init" if weights is None else weights.source
+    arch = resolve_arch(cfg.arch, weights)
+    weights_source = "random init" if weights is None else weights.source
     train_ds, val_ds = _datasets(cfg)
     torch.manual_seed(cfg.seed)
-    backbone: torch.nn.Module
-    if cfg.weights == "edges":  # the edge-only control: no backbone, one level
-        backbone = EdgeFeatures().to(device)
-        protocol_cfg = dataclasses.replace(protocol_cfg, levels=(-1,))
-    else:
-        backbone = DenseBackbone(arch, levels=protocol_cfg.levels, weights=weights).to(device)
-        del weights  # loaded into the backbone
+    backbone = DenseBackbone(arch, levels=protocol_cfg.levels, weights=weights).to(device)
+    del weights  # loaded into the backbone
     start = time.perf_counter()
     if isinstance(protocol_cfg, LinearProbeConfig):
         result = run_linear_probe(backbone, train_ds, val_ds, protocol_cfg)

@@ -241,14 +241,3 @@ def test_every_flag_sets_a_key_of_the_schema() -> None:
         for part in parents:
             node = getattr(node, part)
         merge(node, {leaf: getattr(node, leaf)})
-
-
-def test_cli_edges_control(tmp_path: Path) -> None:
-    """``--weights edges``: the edge-only control runs through the same protocol (no backbone, one level)."""
-    out = tmp_path / "edges.json"
-    code = _load_tool().main(["--weights", "edges", "--protocol", "linear", "--epochs", "1", "--levels", "2", "3",
-                              "--out", str(out), *TINY])
-    assert code == 0
-    record = json.loads(out.read_text())
-    assert record["arch"] == "edges-sobel" and record["weights_source"] == "edge-only control"
-    assert record["settings"]["levels"] == [-1] and record["settings"]["feature_channels"] == 216
