@@ -12,7 +12,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = ("densessl-train", "densessl-eval-seg", "densessl-compare-evals", "densessl-viz", "densessl-finetune-det",
-            "densessl-finetune-seg", "densessl-convert",
+            "densessl-finetune-seg", "densessl-convert", "densessl-eval-video",
             "densessl-reproduce")
 
 
