@@ -25,6 +25,12 @@ paper's linear protocol) and layer3 + layer4 concatenated (``l34``). Results go 
 ``--input-size 448`` (either data) evaluates at a finer grid; those evaluations are cached under names tagged with the
 size.
 
+``--video-root DAVIS`` also scores every backbone (random init included) by **video label propagation** on the DAVIS
+val sequences (``densessl-eval-video``: DINO's protocol and settings, J&F-mean, J-mean, F-mean), at each of
+``--video-levels`` (``last``: the last stage; ``layer3``: a ResNet's stride-16 map), cached as
+``davis<year>_<level>.json`` in the run directory. The backbones are the scene set's: pretrained on its train images,
+never on video.
+
 Variants (``--variants``; all VICRegL ones use the VICRegL recipe of the data):
 
 ==============  ====================================================================================
@@ -52,6 +58,8 @@ Usage::
 
     .venv/bin/python benchmarks/quality.py                          # synthetic, all variants, seeds 0 1
     .venv/bin/python benchmarks/quality.py --data-root ../data/stanford_background --seeds 0 1 2
+    .venv/bin/python benchmarks/quality.py --data-root ../data/stanford_background --variants random vicreg \
+        vicregl_a0.75 --seeds 0 --video-root ../data/davis2016 --video-levels last layer3
     .venv/bin/python benchmarks/quality.py --data-root ../data/labelmefacade --variants random vicreg vicregl_a0.75
     .venv/bin/python benchmarks/quality.py --seeds 0 1 2 --epochs 6
 """
@@ -238,6 +246,25 @@ def evaluate(weights: str, seed: int, protocol: str, out: Path, input_size: int,
     return float(json.loads(out.read_text())["mIoU"])
 
 
+# --video-root: DAVIS label propagation of each backbone, per feature level (name -> DenseBackbone level).
+VIDEO_LEVELS = {"last": -1, "layer3": -2}
+
+
+def video_scores(weights: str, seed: int, video_root: Path, level: int, out: Path, threads: int,
+                 arch: str = "resnet18", year: str = "2016") -> dict[str, float]:
+    """J&F-mean, J-mean and F-mean (percent) of ``densessl-eval-video`` on the DAVIS val sequences of ``video_root``
+    with the protocol's defaults at one feature ``level``, cached in ``out`` (``weights`` ``random``: the random init
+    of this seed)."""
+    if not out.exists():
+        arch_args = ["--arch", ARCHS[arch]] if weights == "random" else []
+        cmd = [sys.executable, "-m", "densessl.cli.eval_video", "--weights", weights, *arch_args, "--seed", str(seed),
+               "--data-root", str(video_root), "--year", year, "--level", str(level), "--num-threads", str(threads),
+               "--no-progress", "--out", str(out)]
+        run(cmd, out.with_suffix(".log"), threads)
+    record = json.loads(out.read_text())
+    return {"JF": float(record["J&F"]), "J": float(record["J"]["mean"]), "F": float(record["F"]["mean"])}
+
+
 def match_score(weights: str | None, seed: int, images: int, size: int, out: Path, data: str,
                 data_root: Path | None, arch: str = "resnet18") -> float:
     """Learned-match precision (percent) of the backbone's last map, cached in ``out``."""
@@ -327,6 +354,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--protocols", nargs="+", default=None,
                         help="feature protocols to evaluate (scenes: last l34; default: all of the data set)")
     parser.add_argument("--no-match", action="store_true", help="skip the match precision")
+    parser.add_argument("--video-root", type=Path, default=None,
+                        help="also score every backbone by DAVIS label propagation (densessl-eval-video, DINO's "
+                             "settings) on this DAVIS folder (JPEGImages/, Annotations/, ImageSets/)")
+    parser.add_argument("--video-year", choices=["2016", "2017"], default="2016")
+    parser.add_argument("--video-levels", nargs="+", choices=list(VIDEO_LEVELS), default=["last"],
+                        help="feature levels of the propagation (last: the last stage; layer3: a ResNet's stride-16 "
+                             "map, the ViT-S/16 grid size)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work-dir", type=Path, default=None, help="default: benchmarks/runs/quality_<data>")
     parser.add_argument("--out", type=Path, default=None,
@@ -344,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--data-root {args.data_root} is not a scene set in the folder layout: missing "
                          f"{', '.join(missing)} (expected images/{{train,val}}/*.jpg, masks/{{train,val}}/*.png, "
                          f"classes.txt)")
+    if args.video_root is not None and not (args.video_root / "ImageSets" / args.video_year / "val.txt").is_file():
+        parser.error(f"--video-root {args.video_root} is not a DAVIS folder: no ImageSets/{args.video_year}/val.txt")
     if args.steps is not None and (args.data != "scenes" or args.epochs is not None):
         parser.error("--steps sets the pretraining budget of --data scenes; give either --steps or --epochs")
     table = variants(args.data, args.arch)
@@ -408,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                 ranks = rankme_scores(file, seed, args.match_images, args.data, data_root, run_dir / "rankme.json",
                                       args.arch)
                 scores["rankme_dense"] = ranks["rankme_dense"]
+            for name in args.video_levels if args.video_root is not None else []:
+                davis = video_scores(weights, seed, args.video_root.absolute(), VIDEO_LEVELS[name],
+                                     run_dir / f"davis{args.video_year}_{name}.json", args.threads, args.arch,
+                                     args.video_year)
+                scores.update({f"davis_{key}_{name}": value for key, value in davis.items()})
             scores["pretrain_s"] = seconds
             print(f"{variant:14s} seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()), flush=True)
             for key, value in scores.items():
@@ -432,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
                      "epochs": args.epochs, "pretrain_set": args.pretrain_set, "input_size": args.input_size,
                      "protocol_levels": protocols, "match_images": args.match_images,
                      "match_size": args.match_size, "threads": args.threads,
+                     "video": None if args.video_root is None else {
+                         "year": args.video_year, "levels": {n: VIDEO_LEVELS[n] for n in args.video_levels},
+                         "sequences": len((args.video_root / "ImageSets" / args.video_year / "val.txt")
+                                          .read_text().split())},
                      "variants": {v: table[v] for v in chosen}},
         "results": rows,
         "paired": {"reference": "vicreg", "differences": paired},

@@ -34,7 +34,8 @@ from pathlib import Path
 SAME_SETTINGS = ("data", "dataset", "arch", "epochs", "pretrain_set", "input_size", "protocol_levels", "threads")
 # Settings that change only some metrics: compared only when both files have those metrics (a file written with
 # --no-match merges with one that has them; those columns are then left out).
-METRIC_SETTINGS = {("match_images", "match_size"): ("match", "rankme_dense")}
+METRIC_SETTINGS = {("match_images", "match_size"): ("match", "rankme_dense"),
+                   ("video",): tuple(f"davis_{key}_{level}" for key in ("JF", "J", "F") for level in ("last", "layer3"))}
 
 
 def _has_metric(result: dict, metrics: tuple[str, ...]) -> bool:

@@ -219,3 +219,23 @@ def test_a_folder_that_is_not_a_scene_set_is_refused(tmp_path: Path, capsys: pyt
     with pytest.raises(SystemExit):
         quality.main(["--data", "scenes"])
     assert "--data scenes needs --data-root DIR" in capsys.readouterr().err
+
+
+def test_video_scores_run_the_propagation_tool_and_cache(tmp_path: Path) -> None:
+    from tests.video import write_davis
+
+    davis = write_davis(tmp_path / "davis", "2016")
+    out = tmp_path / "run" / "davis2016_last.json"
+    out.parent.mkdir()
+    scores = quality.video_scores("random", 0, davis, -1, out, threads=1)
+    assert set(scores) == {"JF", "J", "F"} and 0.0 <= scores["JF"] <= 100.0
+    assert json.loads(out.read_text())["settings"]["level"] == -1
+    out.write_text(json.dumps({"J&F": 1.0, "J": {"mean": 2.0}, "F": {"mean": 0.0}}))
+    assert quality.video_scores("random", 0, davis, -1, out, threads=1) == {"JF": 1.0, "J": 2.0, "F": 0.0}  # cached
+
+
+def test_video_root_must_be_a_davis_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = _scene_set(tmp_path / "scenes")
+    with pytest.raises(SystemExit):
+        quality.main(["--data-root", str(root), "--video-root", str(tmp_path)])
+    assert "is not a DAVIS folder: no ImageSets/2016/val.txt" in capsys.readouterr().err
