@@ -19,10 +19,8 @@ normalized (set ``norm_maps`` to apply timm's ``norm`` argument where the model 
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +30,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
+from densessl.convert import unknown_arch_message
 from densessl.data.collate import Views
 from densessl.weights import BackboneWeights, load_backbone_weights, read_backbone_weights
 
@@ -65,17 +64,6 @@ def _create_timm_model(arch: str, kwargs: dict[str, Any]) -> tuple[nn.Module, bo
         if "dynamic_img_size" not in str(error):
             raise
     return timm.create_model(arch, **kwargs), False
-
-
-def _unknown_arch_message(arch: str) -> str:
-    """``unknown timm architecture 'resnt18'; did you mean: resnet18, ...?`` (close names by spelling, else prefix)."""
-    names = timm.list_models()
-    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
-    if not close:
-        prefix = re.split(r"[\d_]", arch, maxsplit=1)[0]
-        close = [name for name in names if prefix and name.startswith(prefix)][:5]
-    hint = f"did you mean: {', '.join(close)}?" if close else "see timm.list_models() for the names"
-    return f"unknown timm architecture {arch!r}; {hint}"
 
 
 def normalize_levels(levels: Sequence[int], count: int, arch: str) -> list[int]:
@@ -124,7 +112,7 @@ class DenseBackbone(nn.Module):
                                  "(the timm model name it was trained with, e.g. resnet50)")
             arch = read.arch
         if not timm.is_model(arch):
-            raise ValueError(_unknown_arch_message(arch))
+            raise ValueError(unknown_arch_message(arch))
         kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, **(model_kwargs or {})}
         self.arch = arch
         self.model, self.is_vit = _create_timm_model(arch, kwargs)

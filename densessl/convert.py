@@ -4,11 +4,11 @@ Each method releases its weights in its own layout: a training checkpoint with w
 ``state_dict``), DDP's ``module.`` prefix, heads (projectors, DINO heads), momentum encoders and queues next to the
 backbone, sometimes module names that differ from timm's. ``convert_state_dict`` keeps the backbone, renames it to the
 timm model's names, and checks it against ``timm.create_model(arch, pretrained=False, num_classes=0)``; everything it
-leaves out is listed in the report's ``dropped``. ``convert_file`` does the same for a file and writes the densessl
-export (``backbone.safetensors`` + ``backbone.pt`` + ``backbone.json``, ``densessl.weights.save_backbone``).
-``densessl.weights.read_backbone_weights`` calls ``read_published`` so that a raw published checkpoint works
-anywhere a weights file is accepted (``model.weights=``, ``--weights``), with the architecture inferred from the
-tensor shapes.
+leaves out is listed in the report's ``dropped``. This module is a leaf: it converts loaded objects and reads or
+writes no file. ``densessl.weights`` owns the files: ``convert_file`` converts a checkpoint file and writes the
+densessl export, and ``read_backbone_weights`` converts a raw published checkpoint wherever a weights file is
+accepted (``model.weights=``, ``--weights``), with the architecture inferred from the tensor shapes
+(``infer_arch``).
 
 The layouts (``FORMATS``; ``detect_format`` tells them apart), with the official code the key names come from:
 
@@ -63,16 +63,11 @@ Swin backbones (iBOT), and architectures without a timm counterpart (VICReg ResN
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import hashlib
+import difflib
 import math
-import os
 import re
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -80,13 +75,15 @@ from torch import Tensor, nn
 
 __all__ = [
     "FORMATS",
+    "Conversion",
     "ConversionReport",
-    "allow_checkpoint_args",
-    "convert_file",
+    "convert_checkpoint",
     "convert_state_dict",
+    "describe_keys",
     "detect_format",
     "infer_arch",
-    "read_published",
+    "is_tensor_dict",
+    "unknown_arch_message",
 ]
 
 FORMATS: dict[str, str] = {
@@ -193,13 +190,28 @@ def _grouped(keys: list[str]) -> str:
 # --------------------------------------------------------------------------- #
 
 
-def _is_tensor_dict(value: Any) -> bool:
+def is_tensor_dict(value: Any) -> bool:
+    """A non-empty ``{str: Tensor}`` dict: a state dict."""
     return (isinstance(value, dict) and bool(value)
             and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in value.items()))
 
 
-def _describe_keys(keys: list[str], count: int = 8) -> str:
+def describe_keys(keys: list[str], count: int = 8) -> str:
+    """``['a', 'b', ...]``: the first ``count`` keys, for error messages."""
     return "[" + ", ".join(repr(k) for k in keys[:count]) + (", ...]" if len(keys) > count else "]")
+
+
+def unknown_arch_message(arch: str) -> str:
+    """``unknown timm architecture 'resnt18'; did you mean: resnet18, ...?`` (close names by spelling, else prefix)."""
+    import timm
+
+    names = timm.list_models()
+    close = difflib.get_close_matches(arch, names, n=5, cutoff=0.6)
+    if not close:
+        prefix = re.split(r"[\d_]", arch, maxsplit=1)[0]
+        close = [name for name in names if prefix and name.startswith(prefix)][:5]
+    hint = f"did you mean: {', '.join(close)}?" if close else "see timm.list_models() for the names"
+    return f"unknown timm architecture {arch!r}; {hint}"
 
 
 def _entry_order(source_format: str | None, branch: str | None) -> list[str]:
@@ -211,11 +223,11 @@ def _entry_order(source_format: str | None, branch: str | None) -> list[str]:
 
 def _select_entry(state: Any, source_format: str | None, branch: str | None) -> tuple[dict[str, Tensor], str | None]:
     """The state dict inside a checkpoint object, and the name of the entry it came from (``None``: the object)."""
-    if _is_tensor_dict(state):
+    if is_tensor_dict(state):
         return state, None
     if isinstance(state, dict):
         for name in _entry_order(source_format, branch):
-            if _is_tensor_dict(state.get(name)):
+            if is_tensor_dict(state.get(name)):
                 return state[name], name
     raise ValueError(_no_state_dict_message(state))
 
@@ -503,14 +515,32 @@ def _build_model(arch: str | nn.Module) -> tuple[nn.Module, str]:
     if not isinstance(arch, str) or not arch:
         raise ValueError(f"arch must be a timm model name (e.g. resnet50), got {arch!r}")
     if not timm.is_model(arch):
-        from densessl.backbones import _unknown_arch_message
-
-        raise ValueError(_unknown_arch_message(arch))
+        raise ValueError(unknown_arch_message(arch))
     return timm.create_model(arch, pretrained=False, num_classes=0), arch
 
 
-def _convert(state: Any, arch: str | nn.Module, source_format: str | None,
-             branch: str | None) -> tuple[nn.Module, dict[str, Tensor], ConversionReport]:
+@dataclass
+class Conversion:
+    """A converted checkpoint.
+
+    Attributes:
+        model: The timm model with the converted tensors loaded (``strict=False``: see ``report.missing``).
+        state: The converted tensors in timm's names.
+        report: What was loaded, missing, unexpected, dropped and filled.
+    """
+
+    model: nn.Module
+    state: dict[str, Tensor]
+    report: ConversionReport
+
+
+def convert_checkpoint(state: Any, arch: str | nn.Module, source_format: str | None = None,
+                       branch: str | None = None) -> Conversion:
+    """Convert a loaded checkpoint into a timm model of ``arch``: ``convert_state_dict`` with the built model.
+
+    Raises:
+        ValueError: As ``convert_state_dict``.
+    """
     detected = detect_format(state)
     if source_format is None:
         source_format = detected
@@ -518,7 +548,7 @@ def _convert(state: Any, arch: str | nn.Module, source_format: str | None,
         if source_format == "unknown":
             keys = _keys_of(state)
             raise ValueError("unknown checkpoint layout: not one of " + ", ".join(FORMATS)
-                             + f" (keys {_describe_keys(keys)}); pass the format if you know it, or convert the "
+                             + f" (keys {describe_keys(keys)}); pass the format if you know it, or convert the "
                              "state dict to timm's names yourself")
         raise ValueError(f"unknown source format {source_format!r}; choose one of {', '.join(FORMATS)}")
     if branch is not None and branch not in BRANCHES:
@@ -527,9 +557,9 @@ def _convert(state: Any, arch: str | nn.Module, source_format: str | None,
     where = f"{FORMATS[source_format]} (detected: {detected})" if detected != source_format else \
         FORMATS[source_format]
     backbone = _extract(state, source_format, branch)
-    first = _describe_keys(list(backbone.tensors) or _keys_of(state))
+    first = describe_keys(list(backbone.tensors) or _keys_of(state))
     if not backbone.tensors:
-        raise ValueError(f"{where}: no backbone tensors found (keys {_describe_keys(_keys_of(state))})")
+        raise ValueError(f"{where}: no backbone tensors found (keys {describe_keys(_keys_of(state))})")
     family = backbone.family
     want = _model_family(model)
     if family is None:
@@ -559,8 +589,8 @@ def _convert(state: Any, arch: str | nn.Module, source_format: str | None,
         raise ValueError(f"{where} does not fit {arch_name}{hint}: {len(mismatched)} tensors have other shapes "
                          f"({'; '.join(mismatched[:4])})")
     if len(loaded) < _MIN_FRACTION * len(model_state):
-        absent = _describe_keys([k for k in model_state if k not in converted])
-        extra = _describe_keys([k for k in converted if k not in model_state])
+        absent = describe_keys([k for k in model_state if k not in converted])
+        extra = describe_keys([k for k in converted if k not in model_state])
         raise ValueError(f"{where} does not fit {arch_name}{hint}: only {len(loaded)} of its {len(model_state)} "
                          f"tensors matched; the checkpoint lacks {absent} and has {extra} that {arch_name} lacks")
     filled = _fill_values(model_state, converted, family)
@@ -583,7 +613,7 @@ def _convert(state: Any, arch: str | nn.Module, source_format: str | None,
         filled=list(filled),
         notes=notes,
     )
-    return model, result, report
+    return Conversion(model, result, report)
 
 
 def _keys_of(state: Any) -> list[str]:
@@ -616,137 +646,5 @@ def convert_state_dict(state: Any, arch: str | nn.Module, source_format: str | N
             or less than half of the arch's tensors matched (the message names the detected format, the keys, and
             the architecture the checkpoint fits when it can tell).
     """
-    _, result, report = _convert(state, arch, source_format, branch)
-    return result, report
-
-
-# --------------------------------------------------------------------------- #
-# Files
-# --------------------------------------------------------------------------- #
-
-
-@contextlib.contextmanager
-def allow_checkpoint_args() -> Iterator[None]:
-    """Let ``torch.load(weights_only=True)`` rebuild ``argparse.Namespace``: DINO and iBOT store their ``args``.
-
-    A Namespace only holds attributes; its values are still limited to plain types and tensors.
-    """
-    safe_globals = getattr(torch.serialization, "safe_globals", None)
-    if safe_globals is None:  # torch 2.4: only the process-wide allowlist
-        torch.serialization.add_safe_globals([argparse.Namespace])
-        yield
-        return
-    with safe_globals([argparse.Namespace]):
-        yield
-
-
-def _load(path: Path) -> Any:
-    from densessl.safe_load import file_kind, load_plain, read_safetensors
-
-    if path.is_dir():
-        raise ValueError(f"checkpoint path {str(path)!r} is a directory, not a checkpoint file")
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {str(path)!r}")
-    fix = "download or copy it again"
-    if file_kind(path, "checkpoint", fix) == "safetensors":
-        return read_safetensors(path, "checkpoint", fix)[0]
-    with allow_checkpoint_args():
-        return load_plain(path, "checkpoint", fix)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def convert_file(path: str | os.PathLike, arch: str | None = None, source_format: str | None = None,
-                 out: str | os.PathLike | None = None, *, branch: str | None = None,
-                 allow_partial: bool = False) -> ConversionReport:
-    """Convert a published checkpoint file; with ``out``, write the densessl export there.
-
-    The file is read without unpickling Python objects (``densessl.safe_load.load_plain``, ``weights_only=True``;
-    ``argparse.Namespace`` is allowed for DINO/iBOT's ``args``), or as safetensors.
-
-    Args:
-        path: The checkpoint file.
-        arch: The timm architecture; ``None`` infers it from the tensor shapes (``infer_arch``).
-        source_format: The layout (a key of ``FORMATS``); ``None`` detects it.
-        out: Folder for ``backbone.safetensors``, ``backbone.pt`` and ``backbone.json``
-            (``densessl.weights.save_backbone``; the stored config records the source file, its SHA-256, the
-            format and the report's counts). ``None``: convert and check only.
-        branch: ``"teacher"`` (default) or ``"student"`` for DINO, iBOT and DINOv2 checkpoints.
-        allow_partial: Accept (and write) a conversion with missing or unexpected tensors.
-
-    Returns:
-        The report.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: The file cannot be read, the layout is unknown, the architecture cannot be inferred, the
-            backbone does not fit, or (without ``allow_partial``) tensors are missing or unexpected.
-        densessl.atomic.DiskFullError: No space left while writing.
-    """
-    path = Path(path)
-    if source_format is not None and source_format not in FORMATS:
-        raise ValueError(f"unknown source format {source_format!r}; choose one of {', '.join(FORMATS)}")
-    state = _load(path)
-    if arch is None:
-        arch = infer_arch(state, source_format, branch)
-        if arch is None:
-            layout = FORMATS.get(source_format or detect_format(state), "unknown layout")
-            raise ValueError(f"cannot infer the architecture of {str(path)!r} ({layout}) from its tensor shapes; "
-                             "pass the timm model name (--arch)")
-    try:
-        model, _, report = _convert(state, arch, source_format, branch)
-    except ValueError as error:
-        raise ValueError(f"{str(path)!r}: {error}") from None
-    if not report.complete and not allow_partial:
-        raise ValueError(f"{str(path)!r} converts only partly to {report.arch}: {len(report.missing)} missing "
-                         f"{report.missing[:5]}, {len(report.unexpected)} unexpected {report.unexpected[:5]}; check "
-                         "the arch, or allow a partial conversion (--allow-partial)")
-    if out is not None:
-        from densessl.weights import save_backbone
-
-        provenance = {"converted_from": {"file": path.name, "sha256": _sha256(path), "format": report.source_format,
-                                         "branch": branch, "loaded": report.loaded, "missing": report.missing,
-                                         "unexpected": report.unexpected, "dropped": len(report.dropped),
-                                         "filled": report.filled}}
-        save_backbone(model, out, report.arch, provenance)
-    return report
-
-
-def read_published(path: Path, loaded: Any) -> Any:
-    """``densessl.weights.read_backbone_weights``'s hook: a published checkpoint, converted; ``None`` for others.
-
-    Files already in timm's names (``detect_format`` gives ``"timm"``) and unknown layouts return ``None``: the
-    caller reads them as before. Others are converted to the architecture their tensor shapes fit.
-
-    Returns:
-        A ``densessl.weights.BackboneWeights`` (arch inferred, ``arch_origin`` saying so), or ``None``.
-
-    Raises:
-        ValueError: A published layout whose architecture cannot be inferred or that does not convert completely.
-    """
-    from densessl.weights import BackboneWeights
-
-    fmt = detect_format(loaded)
-    if fmt in ("timm", "unknown"):
-        return None
-    where = f"weights file {str(path)!r} ({FORMATS[fmt]})"
-    fix = (f"convert it with densessl-convert (python -m densessl.cli.convert) {str(path)!r} --arch NAME --out DIR "
-           "and use DIR/backbone.safetensors")
-    arch = infer_arch(loaded, fmt)
-    if arch is None:
-        raise ValueError(f"{where}: cannot infer the architecture from its tensor shapes; {fix}")
-    try:
-        _, state, report = _convert(loaded, arch, fmt, None)
-    except ValueError as error:
-        raise ValueError(f"weights file {str(path)!r}: {error}; {fix}") from None
-    if not report.complete:
-        raise ValueError(f"{where} converts only partly to {arch} ({len(report.missing)} missing, "
-                         f"{len(report.unexpected)} unexpected tensors); {fix}")
-    source = f"{FORMATS[fmt]}, converted ({report.loaded} tensors; {len(report.dropped)} non-backbone dropped)"
-    return BackboneWeights(state, arch, None, source, path, "inferred from the checkpoint's tensor shapes")
+    conversion = convert_checkpoint(state, arch, source_format, branch)
+    return conversion.state, conversion.report

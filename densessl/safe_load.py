@@ -10,17 +10,20 @@ pickle of Python objects, text, a truncated archive, ...) -- never torch's advic
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import pickle
 import re
 import struct
 import warnings
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["first_sentence", "file_kind", "load_plain", "read_safetensors", "verify_torch_zip"]
+__all__ = ["allow_checkpoint_args", "file_kind", "first_sentence", "load_plain", "read_safetensors", "verify_torch_zip"]
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 _PICKLE_MAGIC = b"\x80"  # pickle protocol >= 2: torch.save's legacy format (or a plain pickle)
@@ -130,3 +133,18 @@ def load_plain(path: str | Path, what: str = "file", fix: str = "write it again"
     except Exception as error:  # noqa: BLE001 (torch raises KeyError, IndexError, EOFError ... on damaged files)
         raise ValueError(f"cannot read {what} {str(path)!r} as a torch file ({type(error).__name__}: "
                          f"{first_sentence(error)}); it is damaged or not written by torch.save") from None
+
+
+@contextlib.contextmanager
+def allow_checkpoint_args() -> Iterator[None]:
+    """Let ``torch.load(weights_only=True)`` rebuild ``argparse.Namespace``: DINO and iBOT store their ``args``.
+
+    A Namespace only holds attributes; its values are still limited to plain types and tensors.
+    """
+    safe_globals = getattr(torch.serialization, "safe_globals", None)
+    if safe_globals is None:  # torch 2.4: only the process-wide allowlist
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        yield
+        return
+    with safe_globals([argparse.Namespace]):
+        yield

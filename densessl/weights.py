@@ -28,6 +28,7 @@ Anything else fails with one ``ValueError`` naming the file and the cause (``Fil
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -38,12 +39,23 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from densessl.safe_load import file_kind, load_plain, read_safetensors
+from densessl.atomic import atomic_torch_save, atomic_write, atomic_write_json
+from densessl.convert import (
+    FORMATS,
+    ConversionReport,
+    convert_checkpoint,
+    describe_keys,
+    detect_format,
+    infer_arch,
+    is_tensor_dict,
+)
+from densessl.safe_load import allow_checkpoint_args, file_kind, load_plain, read_safetensors
 
 __all__ = [
     "FORMAT",
     "BackboneWeights",
     "ExportedWeights",
+    "convert_file",
     "load_backbone_weights",
     "read_backbone_weights",
     "resolve_arch",
@@ -133,10 +145,11 @@ def _standalone_tensors(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def _timm_model(backbone_model: nn.Module) -> nn.Module:
-    """The timm model inside a ``DenseBackbone``, or ``backbone_model`` itself."""
-    from densessl.backbones import DenseBackbone  # lazy: densessl.backbones imports this module
-
-    return backbone_model.model if isinstance(backbone_model, DenseBackbone) else backbone_model
+    """The timm model inside a dense backbone (a module with the timm model as ``.model`` and its name as ``.arch``,
+    as ``densessl.backbones.DenseBackbone`` has), or ``backbone_model`` itself."""
+    inner = getattr(backbone_model, "model", None)
+    is_wrapper = isinstance(inner, nn.Module) and isinstance(getattr(backbone_model, "arch", None), str)
+    return inner if is_wrapper else backbone_model
 
 
 def save_backbone(backbone_model: nn.Module, run_dir: str | os.PathLike, arch: str,
@@ -161,7 +174,6 @@ def save_backbone(backbone_model: nn.Module, run_dir: str | os.PathLike, arch: s
     from safetensors.torch import save as safetensors_bytes
 
     from densessl import __version__
-    from densessl.atomic import atomic_torch_save, atomic_write, atomic_write_json
 
     if not isinstance(arch, str) or not arch:
         raise ValueError(f"save_backbone needs the timm architecture name, got {arch!r}")
@@ -218,15 +230,6 @@ def _sidecar_arch(path: Path) -> tuple[str | None, dict[str, Any] | None]:
     return arch, config
 
 
-def _is_tensor_dict(value: Any) -> bool:
-    return isinstance(value, dict) and bool(value) and all(isinstance(v, Tensor) for v in value.values())
-
-
-def _describe_keys(value: dict) -> str:
-    keys = [repr(k) for k in list(value)[:8]]
-    return "[" + ", ".join(keys) + (", ...]" if len(value) > 8 else "]")
-
-
 def _is_training_checkpoint(loaded: Any) -> bool:
     """A densessl training checkpoint: ``{"iteration": N, "model": Pretrainer state dict, ...}``.
 
@@ -270,14 +273,14 @@ def _unwrap_state_dict(path: Path, loaded: Any) -> tuple[dict[str, Tensor], str]
         raise ValueError(f"weights file {str(path)!r} holds an empty dict: there are no weights in it")
     state, source = loaded, "timm state dict"
     for key in _WRAPPER_KEYS:
-        if not _is_tensor_dict(state) and isinstance(state.get(key), dict):
+        if not is_tensor_dict(state) and isinstance(state.get(key), dict):
             state, source = state[key], f"state dict under {key!r}"
     if not state:
         raise ValueError(f"weights file {str(path)!r} holds an empty state dict: there are no weights in it")
-    if not _is_tensor_dict(state):
+    if not is_tensor_dict(state):
         others = sorted({type(v).__name__ for v in state.values() if not isinstance(v, Tensor)})
         raise ValueError(f"weights file {str(path)!r} is not a state dict of tensors: it holds "
-                         f"{', '.join(others)} values (keys {_describe_keys(state)}); expected parameter name -> "
+                         f"{', '.join(others)} values (keys {describe_keys(list(state))}); expected parameter name -> "
                          "tensor, or a dict with one under 'state_dict', 'model' or 'backbone'")
     keys = [k for k in state if isinstance(k, str)]
     if len(keys) == len(state) and all(k.startswith("module.") for k in keys):  # saved from a DDP-wrapped model
@@ -313,13 +316,11 @@ def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:
         raise FileNotFoundError(f"backbone weights file not found: {str(path)!r}")
     if file_kind(path, "weights file", "export or copy it again", noun="weights file") == "safetensors":
         return _read_safetensors(path)
-    from densessl.convert import allow_checkpoint_args, read_published  # lazy: densessl.convert imports this module
-
     with allow_checkpoint_args():  # DINO/iBOT checkpoints store their argparse.Namespace
         loaded = load_plain(path, "weights file", "export or copy it again")
     if _is_training_checkpoint(loaded):
         return _from_checkpoint(path, loaded)
-    published = read_published(path, loaded)  # None unless a published (non-timm) layout
+    published = _read_published(path, loaded)  # None unless a published (non-timm) layout
     if published is not None:
         return published
     state, source = _unwrap_state_dict(path, loaded)
@@ -425,3 +426,116 @@ def load_backbone_weights(model: nn.Module, weights: str | os.PathLike | Backbon
                        where, read.describe_arch(), model_arch)
     model.load_state_dict(state, strict=True)
     return read
+
+
+# --------------------------------------------------------------------------- #
+# Published checkpoints (the conversion itself: densessl.convert)
+# --------------------------------------------------------------------------- #
+
+
+def _load_checkpoint(path: Path) -> Any:
+    if path.is_dir():
+        raise ValueError(f"checkpoint path {str(path)!r} is a directory, not a checkpoint file")
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {str(path)!r}")
+    fix = "download or copy it again"
+    if file_kind(path, "checkpoint", fix) == "safetensors":
+        return read_safetensors(path, "checkpoint", fix)[0]
+    with allow_checkpoint_args():
+        return load_plain(path, "checkpoint", fix)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def convert_file(path: str | os.PathLike, arch: str | None = None, source_format: str | None = None,
+                 out: str | os.PathLike | None = None, *, branch: str | None = None,
+                 allow_partial: bool = False) -> ConversionReport:
+    """Convert a published checkpoint file; with ``out``, write the densessl export there.
+
+    The file is read without unpickling Python objects (``densessl.safe_load.load_plain``, ``weights_only=True``;
+    ``argparse.Namespace`` is allowed for DINO/iBOT's ``args``), or as safetensors.
+
+    Args:
+        path: The checkpoint file.
+        arch: The timm architecture; ``None`` infers it from the tensor shapes (``infer_arch``).
+        source_format: The layout (a key of ``FORMATS``); ``None`` detects it.
+        out: Folder for ``backbone.safetensors``, ``backbone.pt`` and ``backbone.json``
+            (``densessl.weights.save_backbone``; the stored config records the source file, its SHA-256, the
+            format and the report's counts). ``None``: convert and check only.
+        branch: ``"teacher"`` (default) or ``"student"`` for DINO, iBOT and DINOv2 checkpoints.
+        allow_partial: Accept (and write) a conversion with missing or unexpected tensors.
+
+    Returns:
+        The report.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: The file cannot be read, the layout is unknown, the architecture cannot be inferred, the
+            backbone does not fit, or (without ``allow_partial``) tensors are missing or unexpected.
+        densessl.atomic.DiskFullError: No space left while writing.
+    """
+    path = Path(path)
+    if source_format is not None and source_format not in FORMATS:
+        raise ValueError(f"unknown source format {source_format!r}; choose one of {', '.join(FORMATS)}")
+    state = _load_checkpoint(path)
+    if arch is None:
+        arch = infer_arch(state, source_format, branch)
+        if arch is None:
+            layout = FORMATS.get(source_format or detect_format(state), "unknown layout")
+            raise ValueError(f"cannot infer the architecture of {str(path)!r} ({layout}) from its tensor shapes; "
+                             "pass the timm model name (--arch)")
+    try:
+        conversion = convert_checkpoint(state, arch, source_format, branch)
+    except ValueError as error:
+        raise ValueError(f"{str(path)!r}: {error}") from None
+    report = conversion.report
+    if not report.complete and not allow_partial:
+        raise ValueError(f"{str(path)!r} converts only partly to {report.arch}: {len(report.missing)} missing "
+                         f"{report.missing[:5]}, {len(report.unexpected)} unexpected {report.unexpected[:5]}; check "
+                         "the arch, or allow a partial conversion (--allow-partial)")
+    if out is not None:
+        provenance = {"converted_from": {"file": path.name, "sha256": _sha256(path), "format": report.source_format,
+                                         "branch": branch, "loaded": report.loaded, "missing": report.missing,
+                                         "unexpected": report.unexpected, "dropped": len(report.dropped),
+                                         "filled": report.filled}}
+        save_backbone(conversion.model, out, report.arch, provenance)
+    return report
+
+
+def _read_published(path: Path, loaded: Any) -> BackboneWeights | None:
+    """A published checkpoint (``read_backbone_weights``), converted; ``None`` for others.
+
+    Files already in timm's names (``detect_format`` gives ``"timm"``) and unknown layouts return ``None``: the
+    caller reads them as before. Others are converted to the architecture their tensor shapes fit.
+
+    Returns:
+        The converted weights (arch inferred, ``arch_origin`` saying so), or ``None``.
+
+    Raises:
+        ValueError: A published layout whose architecture cannot be inferred or that does not convert completely.
+    """
+    fmt = detect_format(loaded)
+    if fmt in ("timm", "unknown"):
+        return None
+    where = f"weights file {str(path)!r} ({FORMATS[fmt]})"
+    fix = (f"convert it with densessl-convert (python -m densessl.cli.convert) {str(path)!r} --arch NAME --out DIR "
+           "and use DIR/backbone.safetensors")
+    arch = infer_arch(loaded, fmt)
+    if arch is None:
+        raise ValueError(f"{where}: cannot infer the architecture from its tensor shapes; {fix}")
+    try:
+        conversion = convert_checkpoint(loaded, arch, fmt, None)
+    except ValueError as error:
+        raise ValueError(f"weights file {str(path)!r}: {error}; {fix}") from None
+    report = conversion.report
+    if not report.complete:
+        raise ValueError(f"{where} converts only partly to {arch} ({len(report.missing)} missing, "
+                         f"{len(report.unexpected)} unexpected tensors); {fix}")
+    source = f"{FORMATS[fmt]}, converted ({report.loaded} tensors; {len(report.dropped)} non-backbone dropped)"
+    return BackboneWeights(conversion.state, arch, None, source, path, "inferred from the checkpoint's tensor shapes")

@@ -21,12 +21,11 @@ from densessl.backbones import DenseBackbone
 from densessl.cli.convert import main as convert_main
 from densessl.convert import (
     FORMATS,
-    convert_file,
     convert_state_dict,
     detect_format,
     infer_arch,
 )
-from densessl.weights import read_backbone_weights
+from densessl.weights import convert_file, read_backbone_weights
 
 State = dict[str, Tensor]
 

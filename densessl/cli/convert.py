@@ -19,7 +19,8 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from densessl.atomic import DiskFullError
-    from densessl.convert import BRANCHES, FORMATS, convert_file
+    from densessl.convert import BRANCHES, FORMATS
+    from densessl.weights import convert_file
 
     parser = argparse.ArgumentParser(prog="densessl-convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
