@@ -16,6 +16,8 @@ the first and the last, averaged over all objects of all sequences.
 A weights path is a local file, never downloaded: the ``backbone.safetensors`` (or ``backbone.pt``) that pretraining
 exports, a densessl training checkpoint, or a timm state dict. ``--arch`` is needed only when the file does not state
 its architecture; ``--weights random --arch NAME`` evaluates a randomly initialized backbone (seeded by ``--seed``).
+``--weights first-frame`` uses no features: every frame's prediction is the first frame's mask (the "identity"
+baseline of CRW's tables), the floor any backbone's propagation should clear.
 
 Prints a per-sequence table (J mean, F mean, J&F, in percent) and the overall J-mean, F-mean and J&F-mean; ``--out``
 writes them as JSON with keys ``J&F``, ``J`` (``mean``, ``recall``), ``F`` (``mean``, ``recall``), ``per_sequence``
@@ -60,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True,
                         help="backbone weights: backbone.safetensors/backbone.pt of a run, a training checkpoint, a "
-                             "timm state dict; or 'random' (a random init)")
+                             "timm state dict; 'random' (a random init); or 'first-frame' (no features: the first "
+                             "mask repeated, the baseline to beat)")
     parser.add_argument("--arch", help="timm architecture, e.g. resnet18 (default: the one the weights file states; "
                                        "required with --weights random or a plain timm state dict)")
     parser.add_argument("--data-root", required=True, help="DAVIS folder (JPEGImages/, Annotations/, ImageSets/)")
@@ -161,9 +164,10 @@ def _save_mask(path: Path, mask: np.ndarray, palette: list[int]) -> None:
     atomic_write(path, lambda handle: image.save(handle, format="PNG"))
 
 
-def _evaluate_sequence(backbone: torch.nn.Module, sequence: DavisSequence, args: argparse.Namespace,
+def _evaluate_sequence(backbone: torch.nn.Module | None, sequence: DavisSequence, args: argparse.Namespace,
                        settings: PropagationSettings, bar: Any) -> SequenceScores:
-    """Propagate through one sequence, optionally save the masks, and score it."""
+    """Propagate through one sequence (``backbone`` ``None``: repeat the first mask), optionally save the masks, and
+    score it."""
     from densessl.video.davis import load_annotation, load_frame
     from densessl.video.metrics import evaluate_sequence
     from densessl.video.propagation import iter_propagation
@@ -174,11 +178,12 @@ def _evaluate_sequence(backbone: torch.nn.Module, sequence: DavisSequence, args:
     palette = _palette()
     predictions = []
     bar.set_description(sequence.name)
-    for number, propagated in enumerate(iter_propagation(backbone, frames, first_mask, settings)):
-        predictions.append(propagated.mask)
+    masks = ((p.mask for p in iter_propagation(backbone, frames, first_mask, settings)) if backbone is not None
+             else (first_mask for _ in range(count)))
+    for number, mask in enumerate(masks):
+        predictions.append(mask)
         if args.save_masks:
-            _save_mask(Path(args.save_masks) / sequence.name / f"{sequence.frames[number].stem}.png", propagated.mask,
-                       palette)
+            _save_mask(Path(args.save_masks) / sequence.name / f"{sequence.frames[number].stem}.png", mask, palette)
         bar.update(1)
     annotations = [load_annotation(path, args.year) for path in sequence.annotations[:count]]
     return evaluate_sequence(sequence.name, predictions, annotations)
@@ -227,32 +232,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     device = _device(args.device)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
-    if args.weights != "random" and not os.path.exists(args.weights):
+    if args.weights not in ("random", "first-frame") and not os.path.exists(args.weights):
         raise FileNotFoundError(f"weights file not found: {args.weights!r} (use --weights random for a random init)")
     if not os.path.isdir(args.data_root):
         raise ValueError(f"--data-root {args.data_root!r} is not a folder; pass the DAVIS folder that holds "
                          f"JPEGImages/, Annotations/ and ImageSets/")
-    weights = None if args.weights == "random" else read_backbone_weights(args.weights)
-    arch = resolve_arch(args.arch, weights)
-    weights_source = "random init" if weights is None else weights.source
-    torch.manual_seed(args.seed)
-    try:
-        backbone = DenseBackbone(arch, levels=(settings.level,), weights=weights).to(device)
-    except ValueError as error:
-        if str(error).startswith("levels "):  # normalize_levels: the level is out of range for this model
-            raise ValueError(f"--level {settings.level}: {error}") from None
-        raise
-    del weights  # loaded into the backbone
+    backbone: torch.nn.Module | None = None
+    arch, stride, weights_source = None, None, "no features: the first frame's mask in every frame"
+    if args.weights != "first-frame":
+        weights = None if args.weights == "random" else read_backbone_weights(args.weights)
+        arch = resolve_arch(args.arch, weights)
+        weights_source = "random init" if weights is None else weights.source
+        torch.manual_seed(args.seed)
+        try:
+            backbone = DenseBackbone(arch, levels=(settings.level,), weights=weights).to(device)
+        except ValueError as error:
+            if str(error).startswith("levels "):  # normalize_levels: the level is out of range for this model
+                raise ValueError(f"--level {settings.level}: {error}") from None
+            raise
+        del weights  # loaded into the backbone
+        stride = int(backbone.strides[0])
     sequences = read_davis(args.data_root, args.year, "val", args.sequences)  # logs what it found: after all checks
-    stride = int(backbone.strides[0])
     total = sum(len(s) if args.max_frames is None else min(len(s), args.max_frames) for s in sequences)
     start = time.perf_counter()
     with tqdm(total=total, unit="frame", disable=args.no_progress or not sys.stderr.isatty(), leave=False) as bar:
         scores = [_evaluate_sequence(backbone, sequence, args, settings, bar) for sequence in sequences]
     seconds = time.perf_counter() - start
     overall = summarize(scores)
-    print(f"DAVIS {args.year} val label propagation: {arch} ({args.weights}: {weights_source}), level "
-          f"{settings.level} (stride {stride}), {len(scores)} sequences, {total} frames, {seconds:.1f} s on {device}")
+    features = f"level {settings.level} (stride {stride})" if backbone is not None else "no features"
+    print(f"DAVIS {args.year} val label propagation: {arch} ({args.weights}: {weights_source}), {features}, "
+          f"{len(scores)} sequences, {total} frames, {seconds:.1f} s on {device}")
     print(_table(scores))
     print(f"overall ({overall.objects} objects): J-mean {100 * overall.j_mean:.1f}  J-recall "
           f"{100 * overall.j_recall:.1f}  F-mean {100 * overall.f_mean:.1f}  F-recall {100 * overall.f_recall:.1f}  "

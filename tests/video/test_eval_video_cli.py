@@ -123,3 +123,14 @@ def test_the_tools_wrapper_runs_main(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: densessl-eval-video: --data-root")
+
+
+def test_first_frame_baseline_repeats_the_first_mask(tmp_path: Path) -> None:
+    root = write_davis(tmp_path / "davis", "2016")
+    out = tmp_path / "first.json"
+    assert main(["--weights", "first-frame", "--data-root", str(root), "--no-progress", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    # The 16x16 square moved 4 px by frame 1 (the one scored frame of 3): IoU = 12*16 / (2*256 - 12*16) = 0.6.
+    assert record["J"]["mean"] == pytest.approx(60.0)
+    assert record["arch"] is None and record["settings"]["stride"] is None
+    assert record["weights_source"].startswith("no features")
