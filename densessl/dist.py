@@ -1,4 +1,4 @@
-"""Distributed helpers: torchrun environment, rank queries and an all-gather that carries gradients.
+"""Distributed helpers: torchrun environment, rank queries, an all-gather that carries gradients and one that does not.
 
 Every function degrades to the single-process identity when ``torch.distributed`` is not initialized, so library code
 calls them unconditionally.
@@ -10,7 +10,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_with_grad"]
+__all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_with_grad",
+           "concat_all_gather"]
 
 
 def is_distributed() -> bool:
@@ -69,3 +70,20 @@ def all_gather_with_grad(tensor: Tensor) -> Tensor:
     if not is_distributed():
         return tensor
     return _GatherWithGrad.apply(tensor)
+
+
+@torch.no_grad()
+def concat_all_gather(tensor: Tensor) -> Tensor:
+    """All-gather along dim 0 without gradient (keys for the queues); identity when not distributed.
+
+    Args:
+        tensor: ``(B, ...)``, the same shape on every rank.
+
+    Returns:
+        ``(world_size * B, ...)`` in rank order, detached; ``tensor`` itself when not distributed.
+    """
+    if not is_distributed():
+        return tensor
+    chunks = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(chunks, tensor.contiguous())
+    return torch.cat(chunks, dim=0)

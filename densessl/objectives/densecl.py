@@ -40,7 +40,8 @@ from torch import Tensor, nn
 from densessl.backbones import DenseBackbone, DenseFeatures
 from densessl.config_io import Range, check_fields
 from densessl.data.collate import Views
-from densessl.objectives.momentum import concat_all_gather, constant_momentum, frozen_copy
+from densessl.dist import concat_all_gather
+from densessl.objectives.momentum import constant_momentum, frozen_copy
 
 __all__ = ["DenseCLConfig", "DenseCLNeck", "KeyQueue", "dense_correspondence", "info_nce", "DenseCL"]
 

@@ -13,11 +13,9 @@ import copy
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from densessl.dist import get_world_size, is_distributed
-
-__all__ = ["frozen_copy", "ema_update", "constant_momentum", "cosine_momentum", "concat_all_gather"]
+__all__ = ["frozen_copy", "ema_update", "constant_momentum", "cosine_momentum"]
 
 
 def frozen_copy(module: nn.Module) -> nn.Module:
@@ -49,13 +47,3 @@ def constant_momentum(base: float, step: int, total_steps: int) -> float:
 def cosine_momentum(base: float, step: int, total_steps: int) -> float:
     """BYOL/PixPro: ``1 - (1 - base) (cos(pi k / K) + 1) / 2``, from ``base`` at step 0 to 1 at the last step."""
     return 1.0 - (1.0 - base) * (math.cos(math.pi * step / max(1, total_steps)) + 1.0) / 2.0
-
-
-@torch.no_grad()
-def concat_all_gather(tensor: Tensor) -> Tensor:
-    """All-gather along dim 0 without gradient (keys for the queues); identity when not distributed."""
-    if not is_distributed():
-        return tensor
-    chunks = [torch.empty_like(tensor) for _ in range(get_world_size())]
-    torch.distributed.all_gather(chunks, tensor.contiguous())
-    return torch.cat(chunks, dim=0)
