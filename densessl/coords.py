@@ -20,6 +20,8 @@ VICRegL grid (``transforms.py``, ``_location_to_NxN_grid``) and of PixPro's coor
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from einops import rearrange
 from torch import Tensor
@@ -33,6 +35,8 @@ __all__ = [
     "box_intersection",
     "box_iou",
     "bin_diagonal",
+    "match_indices",
+    "select_matches",
 ]
 
 
@@ -179,3 +183,50 @@ def bin_diagonal(boxes: Tensor, h: int, w: int) -> Tensor:
     """
     _check_boxes(boxes)
     return torch.sqrt(((boxes[:, 2] - boxes[:, 0]) / w) ** 2 + ((boxes[:, 3] - boxes[:, 1]) / h) ** 2)
+
+
+# Matching primitives: pairs of cells from a distance matrix (VICRegL's local term, the match diagnostics).
+
+SelectionOrder = Literal["raster", "distance"]
+
+
+def match_indices(distances: Tensor, k: int | None, order: SelectionOrder = "raster") -> tuple[Tensor, Tensor]:
+    """Nearest-neighbour matching with top-k filtering (VICRegL's reference ``neirest_neighbores``).
+
+    Every source cell ``p`` takes its nearest target cell ``nn(p) = argmin_q distances[p, q]``; the ``k`` source cells
+    with the smallest ``min_q distances[p, q]`` are kept.
+
+    Args:
+        distances: ``(B, N_src, N_tgt)``.
+        k: Cells to keep; ``None`` (or ``-1``) keeps all ``N_src``; capped at ``N_src``.
+        order: ``"raster"`` returns kept cells in increasing index order (reference); ``"distance"`` closest first.
+
+    Returns:
+        ``(src_index, tgt_index)``, each ``(B, k)`` int64: matched pairs ``(src_index[b, s], tgt_index[b, s])``.
+    """
+    if distances.dim() != 3:
+        raise ValueError(f"distances must be (B, N_src, N_tgt), got shape {tuple(distances.shape)}")
+    if order not in ("raster", "distance"):
+        raise ValueError(f"order must be 'raster' or 'distance', got {order!r}")
+    batch, num_src, _ = distances.shape
+    best, nearest = distances.min(dim=2)  # (B, N_src)
+    if k is None or k == -1 or k >= num_src:
+        if order == "raster":
+            src = torch.arange(num_src, device=distances.device).expand(batch, -1)
+        else:
+            src = torch.argsort(best, dim=1, stable=True)
+    else:
+        if k < 1:
+            raise ValueError(f"k must be >= 1, None or -1, got {k}")
+        src = torch.argsort(best, dim=1, stable=True)[:, :k]
+        if order == "raster":
+            src = src.sort(dim=1).values
+    return src, nearest.gather(1, src)
+
+
+def select_matches(z_src: Tensor, z_tgt: Tensor, src_index: Tensor, tgt_index: Tensor) -> tuple[Tensor, Tensor]:
+    """Gather matched embeddings. ``z_*``: ``(B, N, D)``; indices ``(B, k)``. Returns two ``(B, k, D)`` tensors."""
+    dim = z_src.shape[-1]
+    x = z_src.gather(1, src_index[..., None].expand(-1, -1, dim))
+    y = z_tgt.gather(1, tgt_index[..., None].expand(-1, -1, dim))
+    return x, y

@@ -41,10 +41,9 @@ from PIL import Image
 from torch import Tensor, nn
 
 from densessl.backbones import encode_views
-from densessl.coords import cell_centers, pairwise_distances, to_pixels
+from densessl.coords import cell_centers, match_indices, pairwise_distances, to_pixels
 from densessl.data.collate import collate_views
 from densessl.data.transforms import CropViews, MultiCrop
-from densessl.objectives.vicregl import match_indices
 
 __all__ = [
     "CellMatches",

@@ -57,7 +57,7 @@ from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
 from densessl.config_io import Range, check_fields
-from densessl.coords import cell_centers, pairwise_distances, to_pixels
+from densessl.coords import SelectionOrder, cell_centers, match_indices, pairwise_distances, select_matches, to_pixels
 from densessl.data.collate import Views
 from densessl.objectives.vicreg import (
     HeadNorm,
@@ -70,52 +70,7 @@ from densessl.objectives.vicreg import (
 )
 from densessl.projectors import MLP, LocalProjector
 
-__all__ = ["match_indices", "select_matches", "VICRegLLocalLoss", "VICRegLConfig", "VICRegL"]
-
-SelectionOrder = Literal["raster", "distance"]
-
-
-def match_indices(distances: Tensor, k: int | None, order: SelectionOrder = "raster") -> tuple[Tensor, Tensor]:
-    """Nearest-neighbour matching with top-k filtering (the reference ``neirest_neighbores``).
-
-    Every source cell ``p`` takes its nearest target cell ``nn(p) = argmin_q distances[p, q]``; the ``k`` source cells
-    with the smallest ``min_q distances[p, q]`` are kept.
-
-    Args:
-        distances: ``(B, N_src, N_tgt)``.
-        k: Cells to keep; ``None`` (or ``-1``) keeps all ``N_src``; capped at ``N_src``.
-        order: ``"raster"`` returns kept cells in increasing index order (reference); ``"distance"`` closest first.
-
-    Returns:
-        ``(src_index, tgt_index)``, each ``(B, k)`` int64: matched pairs ``(src_index[b, s], tgt_index[b, s])``.
-    """
-    if distances.dim() != 3:
-        raise ValueError(f"distances must be (B, N_src, N_tgt), got shape {tuple(distances.shape)}")
-    if order not in ("raster", "distance"):
-        raise ValueError(f"order must be 'raster' or 'distance', got {order!r}")
-    batch, num_src, _ = distances.shape
-    best, nearest = distances.min(dim=2)  # (B, N_src)
-    if k is None or k == -1 or k >= num_src:
-        if order == "raster":
-            src = torch.arange(num_src, device=distances.device).expand(batch, -1)
-        else:
-            src = torch.argsort(best, dim=1, stable=True)
-    else:
-        if k < 1:
-            raise ValueError(f"k must be >= 1, None or -1, got {k}")
-        src = torch.argsort(best, dim=1, stable=True)[:, :k]
-        if order == "raster":
-            src = src.sort(dim=1).values
-    return src, nearest.gather(1, src)
-
-
-def select_matches(z_src: Tensor, z_tgt: Tensor, src_index: Tensor, tgt_index: Tensor) -> tuple[Tensor, Tensor]:
-    """Gather matched embeddings. ``z_*``: ``(B, N, D)``; indices ``(B, k)``. Returns two ``(B, k, D)`` tensors."""
-    dim = z_src.shape[-1]
-    x = z_src.gather(1, src_index[..., None].expand(-1, -1, dim))
-    y = z_tgt.gather(1, tgt_index[..., None].expand(-1, -1, dim))
-    return x, y
-
+__all__ = ["VICRegLLocalLoss", "VICRegLConfig", "VICRegL"]
 
 MatchingType = Literal["both", "location", "feature"]
 MATCHING_TYPES: tuple[str, ...] = typing.get_args(MatchingType)

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from densessl.backbones import DenseFeatures
+from densessl.coords import match_indices
 from densessl.data.collate import Views
 from densessl.objectives.vicreg import (
     VICReg,
@@ -16,7 +17,7 @@ from densessl.objectives.vicreg import (
     variance_covariance,
     variance_loss,
 )
-from densessl.objectives.vicregl import VICRegL, VICRegLConfig, VICRegLLocalLoss, match_indices
+from densessl.objectives.vicregl import VICRegL, VICRegLConfig, VICRegLLocalLoss
 
 # ---------------------------------------------------------------- a literal, slow reference written from the spec
 
