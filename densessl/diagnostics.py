@@ -33,7 +33,6 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -44,6 +43,7 @@ from densessl.backbones import encode_views
 from densessl.coords import cell_centers, match_indices, pairwise_distances, to_pixels
 from densessl.data.collate import collate_views
 from densessl.data.transforms import CropViews, MultiCrop
+from densessl.dist import derive_seed
 
 __all__ = [
     "CellMatches",
@@ -287,7 +287,7 @@ def match_precision(
 
 
 def _image_seed(seed: int, index: int) -> int:
-    return int(np.random.SeedSequence([seed, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return derive_seed(seed, index)
 
 
 @torch.no_grad()

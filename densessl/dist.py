@@ -1,4 +1,5 @@
-"""Distributed helpers: torchrun environment, rank queries, an all-gather that carries gradients and one that does not.
+"""Distributed helpers: torchrun environment, rank queries, all-gathers (with and without gradient) and the one
+seed-derivation rule.
 
 Every function degrades to the single-process identity when ``torch.distributed`` is not initialized, so library code
 calls them unconditionally.
@@ -6,12 +7,13 @@ calls them unconditionally.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_with_grad",
-           "concat_all_gather"]
+           "concat_all_gather", "derive_seed"]
 
 
 def is_distributed() -> bool:
@@ -87,3 +89,23 @@ def concat_all_gather(tensor: Tensor) -> Tensor:
     chunks = [torch.empty_like(tensor) for _ in range(get_world_size())]
     dist.all_gather(chunks, tensor.contiguous())
     return torch.cat(chunks, dim=0)
+
+
+def derive_seed(*keys: int, bits: int = 63) -> int:
+    """The one rule for per-item seeds: ``np.random.SeedSequence(keys)``'s first 64-bit word, keeping ``bits`` bits.
+
+    Every stream densessl seeds per item (pretraining samples, device augmentation, synthetic scenes, kNN memory
+    sampling, match diagnostics) derives it here from a tuple of non-negative integers, so two streams differ
+    whenever their key tuples do (a constant tag keeps two streams with the same counters apart).
+
+    Args:
+        keys: Non-negative integers, e.g. ``(seed, epoch, index)``.
+        bits: 63 (default: fits a signed int64, as ``torch.manual_seed`` and ``random.Random`` accept) or 64.
+
+    Returns:
+        A seed in ``[0, 2**bits)``.
+    """
+    if bits not in (63, 64):
+        raise ValueError(f"bits must be 63 or 64, got {bits}")
+    word = int(np.random.SeedSequence([int(key) for key in keys]).generate_state(1, dtype=np.uint64)[0])
+    return word >> (64 - bits)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -94,3 +95,15 @@ def test_queue_enqueues_keys_from_every_rank(tmp_path: Path) -> None:
         state = torch.load(tmp_path / f"queue{r}.pt", weights_only=True)
         assert int(state["ptr"]) == 6
         assert torch.equal(state["keys"][:3], torch.zeros(3, 2)) and torch.equal(state["keys"][3:6], torch.ones(3, 2))
+
+
+def test_derive_seed_is_the_seed_sequence_rule() -> None:
+    import numpy as np
+
+    from densessl.dist import derive_seed
+
+    word = int(np.random.SeedSequence([3, 1, 4]).generate_state(1, dtype=np.uint64)[0])
+    assert derive_seed(3, 1, 4, bits=64) == word and derive_seed(3, 1, 4) == word >> 1
+    assert derive_seed(3, 1, 4) != derive_seed(3, 1, 5) and 0 <= derive_seed(0) < 2**63
+    with pytest.raises(ValueError, match="bits must be 63 or 64"):
+        derive_seed(1, bits=32)

@@ -32,13 +32,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from densessl.data.collate import Views
 from densessl.data.transforms import MultiCropConfig
+from densessl.dist import derive_seed
 
 __all__ = ["DeviceAugment", "PhotometricParams", "augment_seed", "box_blur_radius", "box_kernel", "gaussian_blur",
            "sample_params", "view_parity"]
@@ -130,8 +130,7 @@ def sample_params(config: MultiCropConfig, batch_size: int, n_views: int, n_glob
 
 def augment_seed(seed: int, epoch: int, step: int, rank: int = 0, micro_batch: int = 0) -> int:
     """A 63-bit seed for the device augmentation of one micro-batch (distinct from the per-sample seeds)."""
-    entropy = [seed, epoch, step, rank, micro_batch, 0xD5A6]  # the tag keeps it apart from ``sample_seed``
-    return int(np.random.SeedSequence(entropy).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return derive_seed(seed, epoch, step, rank, micro_batch, 0xD5A6)  # the tag keeps it apart from ``sample_seed``
 
 
 class DeviceAugment:

@@ -20,6 +20,7 @@ from PIL import Image
 
 from densessl.data.images import IMAGE_EXTENSIONS, ImageLoadError, ReducedImage, load_image, load_image_reduced
 from densessl.data.transforms import CropPlan, CropViews, MultiCrop
+from densessl.dist import derive_seed
 
 __all__ = ["ImageFolder", "SyntheticImages", "PretrainDataset", "ResumableSampler", "sample_seed"]
 
@@ -158,7 +159,7 @@ class SyntheticImages(torch.utils.data.Dataset):
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed for one sample's augmentations, from ``(seed, epoch, index)``."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+    return derive_seed(seed, epoch, index)
 
 
 class PretrainDataset(torch.utils.data.Dataset):

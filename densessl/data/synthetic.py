@@ -52,6 +52,8 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
+from densessl.dist import derive_seed
+
 __all__ = [
     "CLASS_NAMES",
     "CLASS_TEXTURES",
@@ -381,8 +383,7 @@ def scene_seed(seed: int, split: str, index: int) -> int:
     Returns:
         A 64-bit non-negative integer seed for ``render_scene``.
     """
-    state = np.random.SeedSequence([seed, _SPLITS[split], index]).generate_state(1, dtype=np.uint64)
-    return int(state[0])
+    return derive_seed(seed, _SPLITS[split], index, bits=64)
 
 
 class SyntheticScenes(torch.utils.data.Dataset):

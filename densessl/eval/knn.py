@@ -43,6 +43,7 @@ from densessl.config_io import Range, check_fields
 from densessl.data.images import to_rgb
 from densessl.data.segmentation import SegSample
 from densessl.data.transforms import sample_crop
+from densessl.dist import derive_seed
 from densessl.eval.features import FeatureConfig, backbone_device, iter_features
 from densessl.eval.linear_seg import backbone_settings, dataset_classes
 from densessl.eval.metrics import ConfusionMatrix
@@ -122,7 +123,7 @@ class KNNConfig(KNNRetrievalConfig, FeatureConfig):
 
 
 def _sample_seed(*keys: int) -> int:
-    return int(np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)[0] >> 1)
+    return derive_seed(*keys)
 
 
 class AugmentedSegmentation(torch.utils.data.Dataset):
