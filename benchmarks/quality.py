@@ -274,7 +274,7 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
 
     from densessl.backbones import DenseBackbone
     from densessl.data.synthetic import SyntheticScenes
-    from densessl.data.transforms import MultiCrop, MultiCropConfig
+    from densessl.data.transforms import MultiCrop, geometry_only_config
     from densessl.diagnostics import match_precision_over_dataset
 
     torch.manual_seed(seed)  # the random init of this seed (as tools/eval_seg.py --weights random --seed SEED)
@@ -291,9 +291,7 @@ def match_score(weights: str | None, seed: int, images: int, size: int, out: Pat
         assert data_root is not None
         files = sorted((data_root / "images" / "val").glob("*.jpg"))[:images]
         pil = [load_image(path) for path in files]
-    config = MultiCropConfig(n_global=2, global_size=size, n_local=0)
-    config.jitter_p, config.grayscale_p, config.blur_p, config.solarize_p = 0.0, 0.0, (0.0, 0.0), (0.0, 0.0)
-    result = match_precision_over_dataset(backbone, pil, MultiCrop(config), seed=0, batch_size=8)
+    result = match_precision_over_dataset(backbone, pil, MultiCrop(geometry_only_config(size)), seed=0, batch_size=8)
     out.write_text(json.dumps({"precision": 100 * result.precision, "chance": 100 * result.chance,
                                "num_valid": result.num_valid}))
     return 100 * result.precision

@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from densessl.backbones import encode_views
 from densessl.coords import cell_centers, match_indices, pairwise_distances, to_pixels
 from densessl.data.collate import collate_views
-from densessl.data.transforms import CropViews, MultiCrop
+from densessl.data.transforms import CropViews, MultiCrop, geometry_only_config
 from densessl.dist import derive_seed
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "dense_rankme",
     "per_dim_std",
     "collapse_summary",
+    "dense_diagnostics",
 ]
 
 logger = logging.getLogger("densessl")
@@ -422,3 +423,32 @@ def collapse_summary(global_embeddings: Tensor, local_maps: Tensor) -> dict[str,
         "std_global": float(per_dim_std(global_embeddings).mean()),
         "std_local": float(per_dim_std(local).mean()),
     }
+
+
+@torch.no_grad()
+def dense_diagnostics(backbone: nn.Module, images: list[Image.Image], crop_size: int, device: torch.device,
+                      seed: int = 0) -> dict[str, float]:
+    """Label-free health of the dense features, logged during pretraining (``train.diagnostics_every``).
+
+    ``match_precision``: fraction of learned (feature nearest-neighbour) matches between two geometry-only views of
+    each image that land within one cell of the true location (``densessl.diagnostics``); ``rankme_*`` and ``std_*``:
+    effective rank and mean per-dimension std of the backbone's pooled and dense representations of the first views.
+
+    Args:
+        backbone: The (unwrapped) ``DenseBackbone``; its train/eval mode is restored afterwards.
+        images: PIL images, always the same ones so the numbers are comparable over training.
+        crop_size: Size of the two views.
+        device: Where the backbone lives.
+        seed: Crop seed (fixed: the same views at every call).
+    """
+    multicrop = MultiCrop(geometry_only_config(crop_size, global_scale=(0.3, 1.0)))
+    was_training = backbone.training
+    backbone.eval()
+    try:
+        precision = match_precision_over_dataset(backbone, images, multicrop, radius_cells=1.0, seed=seed)
+        views = collate_views([multicrop(img, torch.Generator().manual_seed(seed + i)) for i, img in enumerate(images)])
+        feats = backbone(views.view(0).to(device))
+        summary = collapse_summary(feats.pooled.float().cpu(), feats.maps[-1].float().cpu())
+    finally:
+        backbone.train(was_training)
+    return {"match_precision": precision.precision, "match_chance": precision.chance, **summary}

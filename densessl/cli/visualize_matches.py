@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     from densessl.backbones import DenseBackbone
     from densessl.data.images import ImageLoadError, load_image
     from densessl.data.synthetic import SyntheticScenes
-    from densessl.data.transforms import MultiCrop, MultiCropConfig
+    from densessl.data.transforms import MultiCrop, MultiCropConfig, geometry_only_config
     from densessl.diagnostics import match_precision_over_dataset
     from densessl.viz import draw_match_figure
     from densessl.weights import read_backbone_weights, resolve_arch
@@ -120,9 +120,8 @@ def main(argv: list[str] | None = None) -> int:
                                      split="val")
             image = scenes[args.index].image
             source = f"synthetic val #{args.index}"
-        config = MultiCropConfig(n_global=2, n_local=0, global_size=args.size)
-        if not args.augment:
-            config.jitter_p, config.grayscale_p, config.blur_p, config.solarize_p = 0.0, 0.0, (0.0, 0.0), (0.0, 0.0)
+        config = (MultiCropConfig(n_global=2, n_local=0, global_size=args.size) if args.augment
+                  else geometry_only_config(args.size))
         multicrop = MultiCrop(config)
         views = multicrop(image, torch.Generator().manual_seed(args.seed))
         with torch.no_grad():

@@ -94,6 +94,14 @@ class MultiCropConfig:
         return [self.global_size] * self.n_global + [self.local_size] * self.n_local
 
 
+def geometry_only_config(global_size: int, global_scale: tuple[float, float] = (0.4, 1.0)) -> MultiCropConfig:
+    """Two global views of ``global_size`` px with the geometry of multi-crop only (random resized crops and flips, no
+    colour jitter, grayscale, blur or solarization, no local views): the views of the match diagnostics and figures,
+    where the photometric half would only add noise to a measure of where features match."""
+    return MultiCropConfig(n_global=2, global_size=global_size, global_scale=global_scale, n_local=0, jitter_p=0.0,
+                           grayscale_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0))
+
+
 _INTERPOLATIONS = {
     "bicubic": (InterpolationMode.BICUBIC, Image.Resampling.BICUBIC),
     "bilinear": (InterpolationMode.BILINEAR, Image.Resampling.BILINEAR),

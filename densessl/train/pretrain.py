@@ -35,8 +35,8 @@ from densessl.config_io import to_dict
 from densessl.data.collate import Views, collate_views
 from densessl.data.device_augment import DeviceAugment, augment_seed
 from densessl.data.pretrain_data import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
-from densessl.data.transforms import MultiCrop, MultiCropConfig
-from densessl.diagnostics import collapse_summary, match_precision_over_dataset
+from densessl.data.transforms import MultiCrop
+from densessl.diagnostics import dense_diagnostics
 from densessl.objectives import OBJECTIVES
 from densessl.objectives.momentum import ema_update, frozen_copy
 from densessl.train import engine
@@ -44,8 +44,7 @@ from densessl.train.engine import NonFiniteLossError, ResumeMode
 from densessl.train.optim import build_optimizer, lr_at
 from densessl.weights import save_backbone
 
-__all__ = ["FIXED_ON_RESUME", "CompileFailedError", "NonFiniteLossError", "Pretrainer", "TrainResult", "train",
-           "dense_diagnostics"]
+__all__ = ["FIXED_ON_RESUME", "CompileFailedError", "NonFiniteLossError", "Pretrainer", "TrainResult", "train"]
 
 logger = logging.getLogger("densessl")
 
@@ -107,36 +106,6 @@ def _build_dataset(cfg: Config) -> PretrainDataset:
         images = ImageFolder(cfg.data.root)  # type: ignore[arg-type]
     return PretrainDataset(images, MultiCrop(cfg.data.multicrop, augment_on=cfg.data.augment_on), seed=cfg.train.seed,
                            strict=cfg.data.strict, fast_decode=cfg.data.fast_decode)
-
-
-@torch.no_grad()
-def dense_diagnostics(backbone: DenseBackbone, images: list, crop_size: int, device: torch.device,
-                      seed: int = 0) -> dict[str, float]:
-    """Label-free health of the dense features, for logging during pretraining.
-
-    ``match_precision``: fraction of learned (feature nearest-neighbour) matches between two geometry-only views of
-    each image that land within one cell of the true location (``densessl.diagnostics``); ``rankme_*`` and ``std_*``:
-    effective rank and mean per-dimension std of the backbone's pooled and dense representations of the first views.
-
-    Args:
-        backbone: The (unwrapped) backbone; its train/eval mode is restored afterwards.
-        images: PIL images, always the same ones so the numbers are comparable over training.
-        crop_size: Size of the two views.
-        device: Where the backbone lives.
-        seed: Crop seed (fixed: the same views at every call).
-    """
-    multicrop = MultiCrop(MultiCropConfig(global_size=crop_size, n_local=0, global_scale=(0.3, 1.0), flip_p=0.5,
-                                          jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0), solarize_p=(0.0, 0.0)))
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        precision = match_precision_over_dataset(backbone, images, multicrop, radius_cells=1.0, seed=seed)
-        views = collate_views([multicrop(img, torch.Generator().manual_seed(seed + i)) for i, img in enumerate(images)])
-        feats = backbone(views.view(0).to(device))
-        summary = collapse_summary(feats.pooled.float().cpu(), feats.maps[-1].float().cpu())
-    finally:
-        backbone.train(was_training)
-    return {"match_precision": precision.precision, "match_chance": precision.chance, **summary}
 
 
 def train(

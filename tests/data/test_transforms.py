@@ -219,3 +219,12 @@ def test_fast_decode_on_a_png_is_exact(tmp_path) -> None:
     a = PretrainDataset(ImageFolder(tmp_path), multicrop, seed=1)[0]
     b = PretrainDataset(ImageFolder(tmp_path), multicrop, seed=1, fast_decode=True)[0]
     assert all(torch.equal(x, y) for x, y in zip(a.crops, b.crops)) and torch.equal(a.boxes, b.boxes)
+
+
+def test_geometry_only_config_keeps_crops_and_flips_only() -> None:
+    from densessl.data.transforms import geometry_only_config
+
+    config = geometry_only_config(64, global_scale=(0.3, 1.0))
+    assert (config.n_global, config.global_size, config.n_local, config.global_scale) == (2, 64, 0, (0.3, 1.0))
+    assert (config.jitter_p, config.grayscale_p, config.blur_p, config.solarize_p) == (0.0, 0.0, (0.0, 0.0), (0.0, 0.0))
+    assert config.flip_p == 0.5 and config.sizes == [64, 64]
