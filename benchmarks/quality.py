@@ -376,8 +376,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--data-root {args.data_root} is not a scene set in the folder layout: missing "
                          f"{', '.join(missing)} (expected images/{{train,val}}/*.jpg, masks/{{train,val}}/*.png, "
                          f"classes.txt)")
-    if args.video_root is not None and not (args.video_root / "ImageSets" / args.video_year / "val.txt").is_file():
-        parser.error(f"--video-root {args.video_root} is not a DAVIS folder: no ImageSets/{args.video_year}/val.txt")
+    video_sequences: list[str] = []
+    if args.video_root is not None:
+        from densessl.video.davis import read_sequence_names
+
+        try:  # the propagation tool's own reader: the same lists it accepts (also DAVIS 2016's pair list)
+            video_sequences = read_sequence_names(args.video_root, args.video_year)
+        except ValueError as error:
+            parser.error(f"--video-root {args.video_root} is not a DAVIS folder: no "
+                         f"ImageSets/{args.video_year}/val.txt ({error})")
     if args.steps is not None and (args.data != "scenes" or args.epochs is not None):
         parser.error("--steps sets the pretraining budget of --data scenes; give either --steps or --epochs")
     table = variants(args.data, args.arch)
@@ -473,8 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                      "match_size": args.match_size, "threads": args.threads,
                      "video": None if args.video_root is None else {
                          "year": args.video_year, "levels": {n: VIDEO_LEVELS[n] for n in args.video_levels},
-                         "sequences": len((args.video_root / "ImageSets" / args.video_year / "val.txt")
-                                          .read_text().split())},
+                         "sequences": len(video_sequences)},
                      "variants": {v: table[v] for v in chosen}},
         "results": rows,
         "paired": {"reference": "vicreg", "differences": paired},
