@@ -219,7 +219,8 @@ def check_reused_run(run_dir: Path, config: str, settings: list[str]) -> None:
     import yaml
 
     from densessl.config import load_config
-    from densessl.config_io import flatten, to_dict
+    from densessl.config_io import flatten
+    from densessl.schema import to_dict
 
     saved = flatten(yaml.safe_load(saved_path.read_text()) or {})
     wanted = flatten(to_dict(load_config(ROOT / config, settings)))
@@ -305,9 +306,9 @@ def rankme_scores(weights: str | None, seed: int, images: int, data: str, data_r
     import torch
 
     from densessl.backbones import DenseBackbone
-    from densessl.data.seg_readers import build_segmentation_dataset
     from densessl.diagnostics import dense_rankme, rankme
-    from densessl.eval.features import SegEvalTransform
+    from densessl.seg.features import SegEvalTransform
+    from densessl.seg.readers import build_segmentation_dataset
 
     torch.manual_seed(seed)
     backbone = DenseBackbone(ARCHS[arch], weights=weights).eval()

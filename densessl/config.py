@@ -15,23 +15,23 @@ per forward pass. The peak learning rate is ``base_lr * batch_size / 256``.
 from __future__ import annotations
 
 import os
-import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Sequence
 
-from densessl.config_io import Range
 from densessl.config_io import load_config as _load
 from densessl.data.transforms import MultiCropConfig
+from densessl.objectives import OBJECTIVES
 from densessl.objectives.densecl import DenseCLConfig
 from densessl.objectives.pixpro import PixProConfig
 from densessl.objectives.vicreg import VICRegConfig
 from densessl.objectives.vicregl import VICRegLConfig
+from densessl.schema import Range
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "Config", "load_config", "METHODS"]
 
-Method = Literal["vicregl", "vicreg", "densecl", "pixpro"]
-"""The pretraining methods: the keys of ``densessl.objectives.OBJECTIVES`` (a test checks that they agree)."""
-METHODS: tuple[str, ...] = typing.get_args(Method)
+METHODS: tuple[str, ...] = tuple(OBJECTIVES)
+Method = Literal[METHODS]  # type: ignore[valid-type]
+"""The pretraining methods: the keys of the registry ``densessl.objectives.OBJECTIVES``, which a new method joins."""
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The rules every densessl optimizer shares: which parameters skip weight decay, and the decay of the learning rate.
 
-Used by the training recipes (``densessl.train.optim``) and the linear segmentation probe (``densessl.eval``), so
+Used by the training recipes (``densessl.train.optim``) and the linear segmentation probe (``densessl.seg.linear``), so
 there is one weight-decay rule and one decay curve in the code base.
 """
 

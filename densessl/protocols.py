@@ -36,17 +36,16 @@ from typing import Any, Literal
 
 from densessl.config_io import (
     SHIPPED_CONFIGS,
-    ConfigError,
     flatten,
     load_config,
     merge,
     parse_dotlist,
     resolve_config_path,
-    to_dict,
     validate_config,
 )
-from densessl.eval.config import EvalSegConfig, SegDataset
-from densessl.train.finetune_det import DetConfig, DetDataset
+from densessl.det.finetune import DetConfig, DetDataset
+from densessl.schema import ConfigError, to_dict
+from densessl.seg.config import EvalSegConfig, SegDataset
 
 __all__ = [
     "PROTOCOLS_DIR",
@@ -68,7 +67,7 @@ __all__ = [
 Task = Literal["seg_linear", "seg_knn", "detection"]
 Metric = Literal["mIoU", "box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75"]
 DatasetName = Literal["voc", "ade20k", "cityscapes", "coco_stuff", "coco", "folder", "synthetic"]
-"""The segmentation readers (``densessl.eval.config.SegDataset``) and detection datasets (``DetDataset``) together."""
+"""The segmentation readers (``densessl.seg.config.SegDataset``) and detection datasets (``DetDataset``) together."""
 
 TASKS: tuple[str, ...] = typing.get_args(Task)
 METRICS: tuple[str, ...] = typing.get_args(Metric)

@@ -2,7 +2,7 @@
 # OPTIONAL: build the full mmcv 2.1.0 wheel (with compiled CPU ops) once per machine and keep it in a wheel cache.
 #
 # densessl does not need it: its mmseg extra runs mmsegmentation 1.2.2 on mmcv-lite with a pure-Python stand-in for
-# mmcv.ops (densessl/eval/mmcv_ops_standin.py), which covers densessl's linear, FCN and UPerNet heads. Build this
+# mmcv.ops (densessl/seg/mmcv_ops_standin.py), which covers densessl's linear, FCN and UPerNet heads. Build this
 # only for mmseg models that call compiled ops (PSA, CCNet, deformable convolutions, ...); they say so when built.
 # PyPI has no mmcv 2.1.0 wheel for this project's torch, so it is built from the sdist. Two things stop a plain
 # `pip install`:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from densessl.config import Config, load_config
-from densessl.config_io import ConfigError
+from densessl.schema import ConfigError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "pretrain").glob("*.yaml"))
 
@@ -75,11 +75,11 @@ def test_method_choices_agree_with_the_objective_registry() -> None:
 
 
 def test_literal_choices_agree_with_the_code_that_uses_them() -> None:
-    from densessl.data.seg_readers import SEGMENTATION_DATASETS
     from densessl.data.transforms import _INTERPOLATIONS, MultiCropConfig
-    from densessl.eval import detection
-    from densessl.eval.config import EvalSegConfig
-    from densessl.train.finetune_det import ModelConfig as DetModelConfig
+    from densessl.det import model as detection
+    from densessl.det.finetune import ModelConfig as DetModelConfig
+    from densessl.seg.config import EvalSegConfig
+    from densessl.seg.readers import SEGMENTATION_DATASETS
 
     def choices(cls: type, name: str) -> set:
         tp = typing.get_type_hints(cls)[name]
@@ -102,7 +102,7 @@ DET_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "detecti
 @pytest.mark.parametrize("path", DET_CONFIGS, ids=lambda p: p.name)
 def test_shipped_detection_configs_load(path: Path) -> None:
     from densessl.config_io import load_config as load
-    from densessl.train.finetune_det import DetConfig
+    from densessl.det.finetune import DetConfig
 
     assert isinstance(load(DetConfig, path), DetConfig)
 
@@ -111,7 +111,7 @@ def test_shipped_detection_configs_load(path: Path) -> None:
                                       "data.dataset=vocc", "optim.schedule=cos", "train.device=gpu"])
 def test_detection_choices_name_the_key(override: str) -> None:
     from densessl.config_io import load_config as load
-    from densessl.train.finetune_det import DetConfig
+    from densessl.det.finetune import DetConfig
 
     key = override.split("=")[0]
     with pytest.raises(ConfigError, match=rf"^{key.replace('.', r'[.]')}: must be one of "):

@@ -1,4 +1,4 @@
-"""Tests for densessl.config_io (schema-agnostic config loading)."""
+"""Tests for densessl.config_io and densessl.schema (schema-agnostic config loading and checking)."""
 
 from __future__ import annotations
 
@@ -11,18 +11,8 @@ from typing import Annotated, Literal, Optional
 import pytest
 import yaml
 
-from densessl.config_io import (
-    ConfigError,
-    Range,
-    check_fields,
-    from_dict,
-    load_config,
-    merge,
-    parse_dotlist,
-    save_config,
-    to_dict,
-    validate_config,
-)
+from densessl.config_io import from_dict, load_config, merge, parse_dotlist, save_config, validate_config
+from densessl.schema import ConfigError, Range, check_fields, to_dict
 
 # --------------------------------------------------------------------------- #
 # Example schema
@@ -311,8 +301,8 @@ def test_range_fields_of_a_config_built_in_python() -> None:
 def test_every_range_of_the_shipped_schemas_holds_for_its_defaults() -> None:
     """The defaults are valid, and a bound that was only a combined hand check before names its own key now."""
     from densessl.config import Config
-    from densessl.eval.config import EvalSegConfig
-    from densessl.train.finetune_det import DetConfig
+    from densessl.det.finetune import DetConfig
+    from densessl.seg.config import EvalSegConfig
 
     for cls in (Config, EvalSegConfig, DetConfig):
         validate_config(cls())

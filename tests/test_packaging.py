@@ -38,7 +38,7 @@ def test_wheel_holds_every_config_and_declares_the_commands(installed: tuple[Pat
     shipped = {str(p.relative_to(ROOT / "densessl")) for p in (ROOT / "densessl" / "configs").rglob("*")
                if p.is_file() and p.suffix in (".yaml", ".py")}
     assert shipped and {f"densessl/{name}" for name in shipped} <= names
-    assert "densessl/eval/mmcv_ops_standin.py" in names
+    assert "densessl/seg/mmcv_ops_standin.py" in names
     for command in COMMANDS:
         assert f"{command} = densessl.cli." in entry_points
 

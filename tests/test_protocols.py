@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from densessl.config_io import ConfigError
 from densessl.protocols import (
     DatasetName,
     ProtocolCard,
@@ -22,6 +21,7 @@ from densessl.protocols import (
     protocol_settings,
     shipped_cards,
 )
+from densessl.schema import ConfigError
 
 CARDS = shipped_cards()
 REQUIRED = {"vicregl_r50_voc_linear", "vicregl_r50_cityscapes_linear", "densecl_r50_voc_det_c4",
@@ -43,8 +43,8 @@ def test_the_required_cards_are_shipped() -> None:
 
 
 def test_dataset_names_are_the_readers_of_both_tools() -> None:
-    from densessl.eval.config import SegDataset
-    from densessl.train.finetune_det import DetDataset
+    from densessl.det.finetune import DetDataset
+    from densessl.seg.config import SegDataset
 
     assert set(typing.get_args(DatasetName)) == set(typing.get_args(SegDataset)) | set(typing.get_args(DetDataset))
 

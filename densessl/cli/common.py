@@ -46,7 +46,7 @@ def print_config(cfg: Any) -> None:
     """The resolved config as YAML on stdout."""
     import yaml
 
-    from densessl.config_io import to_dict
+    from densessl.schema import to_dict
 
     print(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False), end="")
 
@@ -88,7 +88,7 @@ def training_main(
         report: ``(result, config)``: prints the outcome on rank 0.
         non_finite: The recipe's non-finite-loss exception (exit code 3).
     """
-    from densessl.config_io import ConfigError
+    from densessl.schema import ConfigError
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, default_dir=default_dir)

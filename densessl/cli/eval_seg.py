@@ -17,7 +17,7 @@ Prints a per-class IoU table, mIoU, pixel accuracy and the protocol settings; ``
 ``weights_source`` (what the file was, e.g. "densessl backbone export"), ``arch`` (the one used), ``dataset``,
 ``protocol``.
 
-Every option is also a key of the config schema ``densessl.eval.config.EvalSegConfig``: ``--config FILE.yaml`` reads
+Every option is also a key of the config schema ``densessl.seg.config.EvalSegConfig``: ``--config FILE.yaml`` reads
 one (only what differs from the defaults, ``_base_`` allowed), trailing ``key.sub=value`` items override single keys
 (``knn.k=5 features.input_size=224``), and the flags given are applied on top. ``--print-config`` prints the resolved
 config as YAML and exits. Flag -> key: ``--input-size``, ``--resize-mode``, ``--levels``, ``--batch-size``,
@@ -34,20 +34,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import time
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # the heavy imports (torch) wait until they are needed, so that --help is quick
-    from densessl.eval.config import EvalSegConfig
+from typing import Any
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="config overrides, e.g. knn.k=5 features.input_size=224 (flags are applied on top)")
-    parser.add_argument("--config", help="YAML config (densessl.eval.config.EvalSegConfig; only what differs from "
+    parser.add_argument("--config", help="YAML config (densessl.seg.config.EvalSegConfig; only what differs from "
                                          "the defaults)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults <- YAML <- overrides <- flags) as YAML and exit")
@@ -127,90 +122,19 @@ def _flag_updates(args: argparse.Namespace) -> dict[str, Any]:
     return updates
 
 
-def _datasets(cfg: EvalSegConfig) -> tuple[Any, Any]:
-    from densessl.data.seg_readers import build_segmentation_dataset
-
-    if cfg.dataset == "synthetic":
-        size = (cfg.synthetic.size, cfg.synthetic.size)
-        return tuple(
-            build_segmentation_dataset("synthetic", None, split, num_classes=cfg.num_classes, num_images=count,
-                                       size=size, seed=cfg.seed)
-            for split, count in (("train", cfg.synthetic.train_images), ("val", cfg.synthetic.val_images))
-        )
-    if not cfg.data_root:
-        raise ValueError(f"--data-root is required for --dataset {cfg.dataset} (data_root in a config file)")
-    if not os.path.isdir(cfg.data_root):
-        raise FileNotFoundError(f"data root {cfg.data_root!r} is not a directory")
-    return tuple(build_segmentation_dataset(cfg.dataset, cfg.data_root, split,  # type: ignore[arg-type]
-                                            num_classes=cfg.num_classes, ignore_index=cfg.ignore_index)
-                 for split in ("train", "val"))
-
-
-def run(cfg: EvalSegConfig) -> dict[str, Any]:
-    """Build backbone and datasets, run the protocol, print the table; returns the JSON record.
-
-    Raises:
-        ValueError: A required field (``cfg.missing()``) is unset, or bad weights, architecture or dataset.
-        OSError: Missing weights file or data root.
-    """
-    import torch
-
-    from densessl.backbones import DenseBackbone
-    from densessl.eval.knn import run_knn
-    from densessl.eval.linear_seg import LinearProbeConfig, run_linear_probe
-    from densessl.weights import read_backbone_weights, resolve_arch
-
-    if cfg.missing():
-        raise ValueError(f"{', '.join(cfg.missing())}: required")
-    assert cfg.weights is not None  # for type checkers: missing() is empty
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
-    device = cfg.features.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    protocol_cfg = cfg.protocol_config(device)
-    weights = None
-    if cfg.weights != "random":  # checked before the (possibly slow) dataset scan
-        if not os.path.exists(cfg.weights):
-            raise FileNotFoundError(f"weights file not found: {cfg.weights!r} (use --weights random for a random "
-                                    f"init)")
-        weights = read_backbone_weights(cfg.weights)
-    arch = resolve_arch(cfg.arch, weights)
-    weights_source = "random init" if weights is None else weights.source
-    train_ds, val_ds = _datasets(cfg)
-    torch.manual_seed(cfg.seed)
-    backbone = DenseBackbone(arch, levels=protocol_cfg.levels, weights=weights).to(device)
-    del weights  # loaded into the backbone
-    start = time.perf_counter()
-    if isinstance(protocol_cfg, LinearProbeConfig):
-        result = run_linear_probe(backbone, train_ds, val_ds, protocol_cfg)
-    else:
-        result = run_knn(backbone, train_ds, val_ds, protocol_cfg)
-    wall = time.perf_counter() - start
-    print(f"{cfg.protocol} segmentation: {arch} ({cfg.weights}: {weights_source}) on {cfg.dataset}, {wall:.1f} s")
-    print(result.format_table())
-    record = {
-        **result.to_dict(),
-        "weights": cfg.weights,
-        "weights_source": weights_source,
-        "arch": arch,
-        "dataset": cfg.dataset,
-        "protocol": cfg.protocol,
-        "wall_seconds": round(wall, 2),
-    }
-    record["settings"]["device"] = device
-    return record
-
-
 def main(argv: list[str] | None = None) -> int:
     from densessl.atomic import atomic_write_text
     from densessl.cli.common import check_output_path, print_config
-    from densessl.config_io import ConfigError
-    from densessl.eval.config import REQUIRED, load_eval_seg_config
+    from densessl.config_io import load_config
+    from densessl.schema import ConfigError
+    from densessl.seg.config import REQUIRED, EvalSegConfig
+    from densessl.seg.evaluate import evaluate
 
     parser = _parser()
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        cfg = load_eval_seg_config(args.config, args.overrides, _flag_updates(args))
+        cfg = load_config(EvalSegConfig, args.config, args.overrides, _flag_updates(args))
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
@@ -229,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if cfg.out:
             check_output_path(cfg.out)  # before minutes of compute
-        record = run(cfg)
+        record = evaluate(cfg)
         if cfg.out:
             atomic_write_text(cfg.out, json.dumps(record, indent=2, allow_nan=False) + "\n")
             print(f"wrote {cfg.out}")

@@ -4,7 +4,7 @@
 ``densessl-finetune-det CONFIG [--output-dir DIR] [--resume [auto]] [key.sub=value ...]``
 
 CONFIG is a YAML file (or the name of a shipped config such as ``detection/faster_rcnn_fpn_r18_synthetic.yaml``)
-listing what differs from the schema in ``densessl.train.finetune_det``; overrides use the same dotted keys
+listing what differs from the schema in ``densessl.det.finetune``; overrides use the same dotted keys
 (``model.weights=runs/x/backbone.safetensors train.max_iters=100``). Runs on a CPU, one GPU, or
 ``torchrun --nproc_per_node N -m densessl.cli.finetune_det CONFIG ...``. ``--print-config`` shows the resolved config.
 Run directory: default ``runs/detection/<config name>``; see ``densessl.train.engine`` and ``results.json``.
@@ -21,7 +21,7 @@ import torch
 
 from densessl.cli.common import training_main
 from densessl.config_io import load_config
-from densessl.train.finetune_det import DetConfig, FinetuneResult, NonFiniteLossError, finetune
+from densessl.det.finetune import DetConfig, FinetuneResult, NonFiniteLossError, finetune
 
 
 def _print_result(result: FinetuneResult, cfg: DetConfig) -> None:

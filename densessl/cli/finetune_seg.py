@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-PLUGIN = "densessl.eval.mmseg_plugin"
+PLUGIN = "densessl.seg.mmseg_plugin"
 
 
 def _add_plugin_import(cfg: Any) -> None:
@@ -94,7 +94,7 @@ def _load_mmengine_checkpoints_fully(work_dir: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from densessl.config_io import SHIPPED_CONFIGS, resolve_config_path
-    from densessl.eval import mmcv_ops_standin
+    from densessl.seg import mmcv_ops_standin
 
     mmcv_ops_standin.install()  # mmcv-lite: a pure-Python mmcv.ops before anything imports mmseg
     from mmengine.config import Config, DictAction

@@ -6,9 +6,9 @@
 
 CARD is a card file, a shipped card (``protocols/vicregl_r50_voc_linear.yaml``) or a shipped card's name
 (``vicregl_r50_voc_linear``); ``densessl.protocols`` describes the schema. The card's protocol runs through the
-existing tools: seg cards build a ``densessl-eval-seg`` config (``densessl.eval.config.EvalSegConfig``) and run it
-with ``densessl.cli.eval_seg.run``; detection cards build a ``DetConfig`` and train with
-``densessl.train.finetune_det.finetune`` in ``--output-dir`` (default ``runs/reproduce/<card name>``; ``--resume``
+existing tools: seg cards build a ``densessl-eval-seg`` config (``densessl.seg.config.EvalSegConfig``) and run it
+with ``densessl.seg.evaluate.evaluate``; detection cards build a ``DetConfig`` and train with
+``densessl.det.finetune.finetune`` in ``--output-dir`` (default ``runs/reproduce/<card name>``; ``--resume``
 continues it; under ``torchrun`` it runs distributed like ``densessl-finetune-det``).
 
 Printed at the end (and written to ``--out`` as JSON): published vs measured values, the difference
@@ -153,11 +153,11 @@ def _run_arch(card: ProtocolCard, weights: str, arch: str | None) -> str:
 
 
 def _run_seg(card: ProtocolCard, args: argparse.Namespace, arch: str) -> tuple[dict[str, Any], Any]:
-    from densessl.cli.eval_seg import run as run_eval_seg
     from densessl.protocols import build_eval_seg_config
+    from densessl.seg.evaluate import evaluate
 
     cfg = build_eval_seg_config(card, weights=args.weights, data_root=args.data_root, arch=arch, smoke=args.smoke)
-    record = run_eval_seg(cfg)
+    record = evaluate(cfg)
     return record, cfg
 
 
@@ -167,8 +167,8 @@ def _run_detection(card: ProtocolCard, args: argparse.Namespace, arch: str) -> t
 
     import torch
 
+    from densessl.det.finetune import finetune
     from densessl.protocols import build_det_config
-    from densessl.train.finetune_det import finetune
 
     cfg = build_det_config(card, weights=args.weights, data_root=args.data_root, arch=arch, smoke=args.smoke)
     threads = torch.get_num_threads()
@@ -214,8 +214,8 @@ def _protocol_changes(base: ProtocolCard, final: ProtocolCard) -> dict[str, list
 def reproduce(card: ProtocolCard, args: argparse.Namespace, *, card_file: str,
               protocol_changes: dict[str, list[Any]]) -> dict[str, Any] | None:
     """Run ``card`` as ``args`` say; returns the JSON record (``None``: stopped by a signal; ``{}``: not rank 0)."""
-    from densessl.config_io import to_dict
     from densessl.protocols import flatten
+    from densessl.schema import to_dict
 
     arch = _run_arch(card, args.weights, args.arch)
     start = time.perf_counter()
@@ -298,9 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)
     from densessl.atomic import DiskFullError, atomic_write_json
     from densessl.cli.common import check_output_path, print_config, setup_logging
-    from densessl.config_io import ConfigError
     from densessl.data.images import ImageLoadError
     from densessl.protocols import apply_overrides, apply_smoke, load_card, resolve_card_path
+    from densessl.schema import ConfigError
     from densessl.train.engine import NonFiniteLossError
 
     rank = setup_logging()

@@ -42,9 +42,9 @@ from PIL import Image, ImageFilter, ImageOps
 from torch import Tensor
 from torchvision.transforms import InterpolationMode
 
-from densessl.config_io import Range, check_fields
 from densessl.coords import crop_to_box
 from densessl.data.images import to_rgb
+from densessl.schema import Range, check_fields
 
 __all__ = ["AugmentOn", "CropPlan", "CropViews", "MultiCrop", "MultiCropConfig", "sample_crop"]
 

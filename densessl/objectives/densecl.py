@@ -38,10 +38,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.config_io import Range, check_fields
 from densessl.data.collate import Views
 from densessl.dist import concat_all_gather
 from densessl.objectives.momentum import constant_momentum, frozen_copy
+from densessl.schema import Range, check_fields
 
 __all__ = ["DenseCLConfig", "DenseCLNeck", "KeyQueue", "dense_correspondence", "info_nce", "DenseCL"]
 

@@ -37,10 +37,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.config_io import Range, check_fields
 from densessl.coords import bin_diagonal, cell_centers, pairwise_distances
 from densessl.data.collate import Views
 from densessl.objectives.momentum import cosine_momentum, frozen_copy
+from densessl.schema import Range, check_fields
 
 __all__ = ["PixProConfig", "conv_mlp", "PixelPropagation", "positive_mask", "pixpro_loss", "PixPro"]
 

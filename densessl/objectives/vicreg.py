@@ -32,10 +32,10 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.config_io import Range, check_fields
 from densessl.data.collate import Views
 from densessl.dist import all_gather_with_grad
 from densessl.projectors import MLP, NormKind, default_norm
+from densessl.schema import Range, check_fields
 
 __all__ = [
     "invariance_loss",

@@ -56,7 +56,6 @@ import torch
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.config_io import Range, check_fields
 from densessl.coords import SelectionOrder, cell_centers, match_indices, pairwise_distances, select_matches, to_pixels
 from densessl.data.collate import Views
 from densessl.objectives.vicreg import (
@@ -69,6 +68,7 @@ from densessl.objectives.vicreg import (
     variance_covariance,
 )
 from densessl.projectors import MLP, LocalProjector
+from densessl.schema import Range, check_fields
 
 __all__ = ["VICRegLLocalLoss", "VICRegLConfig", "VICRegL"]
 

@@ -1,6 +1,6 @@
 """The training engine every densessl recipe runs on: plain functions and one dataclass, not a framework.
 
-A recipe (``densessl.train.pretrain``, ``densessl.train.finetune_det``) builds its model, optimizer and data, then
+A recipe (``densessl.train.pretrain``, ``densessl.det.finetune``) builds its model, optimizer and data, then
 drives a loop of its own with these pieces::
 
     run = start_run(run_dir, config, recipe="pretrain", resume="auto", device="auto", precision="auto", ...)
@@ -37,14 +37,14 @@ silently different weights.
 from __future__ import annotations
 
 import datetime
-import shutil
-import statistics
 import json
 import logging
 import math
 import os
 import random
+import shutil
 import signal
+import statistics
 import time
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext

@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from densessl.backbones import DenseBackbone, encode_views
 from densessl.config import Config
-from densessl.config_io import to_dict
 from densessl.data.collate import Views, collate_views
 from densessl.data.device_augment import DeviceAugment, augment_seed
 from densessl.data.pretrain_data import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
@@ -39,6 +38,7 @@ from densessl.data.transforms import MultiCrop
 from densessl.diagnostics import dense_diagnostics
 from densessl.objectives import OBJECTIVES
 from densessl.objectives.momentum import ema_update, frozen_copy
+from densessl.schema import to_dict
 from densessl.train import engine
 from densessl.train.engine import NonFiniteLossError, ResumeMode
 from densessl.train.optim import build_optimizer, lr_at

@@ -65,8 +65,8 @@ from PIL import Image
 from torch import Tensor, nn
 
 from densessl.backbones import normalize_levels
-from densessl.config_io import Range, check_fields
 from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from densessl.schema import Range, check_fields
 
 __all__ = [
     "LONG_SIDE_MULTIPLE",

@@ -59,7 +59,7 @@ if recipe == "pretrain":
     train(load_config(config, overrides), run_dir, resume="auto")
 else:
     from densessl.config_io import load_config
-    from densessl.train.finetune_det import DetConfig, finetune
+    from densessl.det.finetune import DetConfig, finetune
     finetune(load_config(DetConfig, config, overrides), run_dir, resume="auto")
 """
 

@@ -17,6 +17,7 @@ from densessl.train import engine
 from densessl.train.engine import ResumeError
 from tests.train.test_engine import CONFIG, _save_two_checkpoints, _start
 
+
 def test_damaged_last_checkpoint_is_detected_and_the_previous_one_is_used(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     _save_two_checkpoints(tmp_path / "run")

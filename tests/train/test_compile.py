@@ -17,7 +17,7 @@ import torch._dynamo
 
 from densessl.cli.train import main as train_main
 from densessl.config import load_config
-from densessl.config_io import ConfigError
+from densessl.schema import ConfigError
 from densessl.train.engine import load_checkpoint
 from densessl.train.pretrain import CompileFailedError, train
 

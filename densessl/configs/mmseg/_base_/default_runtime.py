@@ -2,7 +2,7 @@
 default_scope = 'mmseg'
 # Registers DenseSSLBackbone, LinearHead, FolderSegDataset and SyntheticSegDataset (tools/finetune_seg.py adds it
 # too, so configs written without it still work there).
-custom_imports = dict(imports=['densessl.eval.mmseg_plugin'], allow_failed_imports=False)
+custom_imports = dict(imports=['densessl.seg.mmseg_plugin'], allow_failed_imports=False)
 env_cfg = dict(
     cudnn_benchmark=True,
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),

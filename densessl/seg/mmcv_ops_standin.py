@@ -18,7 +18,7 @@ submodules that mmcv-lite ships still import as usual (``mmcv.ops.point_sample``
   as soon as it is called or instantiated, e.g. when a config builds a PSA or CCNet head.
 
 With a full mmcv (``mmcv._ext`` importable, e.g. the wheel ``scripts/build_mmcv.sh`` builds) ``install()`` does
-nothing and the real ops are used. ``densessl.eval.mmseg_plugin`` calls ``install()`` before it imports mmseg;
+nothing and the real ops are used. ``densessl.seg.mmseg_plugin`` calls ``install()`` before it imports mmseg;
 code of your own that imports mmseg first should call it first too.
 """
 

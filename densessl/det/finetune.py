@@ -1,7 +1,7 @@
 """The detection fine-tuning recipe: Faster / Mask R-CNN on a densessl backbone, COCO-style AP, on the shared engine.
 
-``finetune(cfg, run_dir, resume)`` trains a torchvision detector (``densessl.eval.detection.build_detector``) as
-``cfg`` says and evaluates it (``densessl.eval.coco_eval``). It runs on a CPU, one GPU, or under ``torchrun``
+``finetune(cfg, run_dir, resume)`` trains a torchvision detector (``densessl.det.model.build_detector``) as
+``cfg`` says and evaluates it (``densessl.det.coco``). It runs on a CPU, one GPU, or under ``torchrun``
 (``train.batch_size`` is global: each process gets ``batch_size / N`` images per step, in ``optim.accumulate``
 micro-batches; ``model.norm=sync_bn`` then synchronizes BatchNorm over the GPUs). Run directory: the engine's
 (``densessl.train.engine``) plus ``results.json``, the final evaluation (box_AP, box_AP50, box_AP75, ..., mask_* for
@@ -33,8 +33,8 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from densessl.atomic import atomic_write_json
-from densessl.config_io import Range, to_dict
-from densessl.data.detection import (
+from densessl.det.coco import DetectionEvalResult, evaluate_detector
+from densessl.det.datasets import (
     CocoDetection,
     DetectionDataset,
     SyntheticDetection,
@@ -42,8 +42,8 @@ from densessl.data.detection import (
     detection_collate,
     horizontal_flip,
 )
-from densessl.eval.coco_eval import DetectionEvalResult, evaluate_detector
-from densessl.eval.detection import build_detector
+from densessl.det.model import BoxHead, DetectorKind, Neck, Norm, build_detector
+from densessl.schema import Range, to_dict
 from densessl.train import engine
 from densessl.train.engine import NonFiniteLossError, ResumeMode
 from densessl.train.optim import detectron2_lr_factor, param_groups
@@ -69,18 +69,18 @@ FIXED_ON_RESUME = ("model.kind", "model.arch", "model.neck", "model.levels", "mo
 
 @dataclass
 class ModelConfig:
-    """Detector and backbone (see ``densessl.eval.detection.build_detector``)."""
+    """Detector and backbone (see ``densessl.det.model.build_detector``)."""
 
-    kind: Literal["faster_rcnn", "mask_rcnn"] = "faster_rcnn"  # densessl.eval.detection.DETECTOR_KINDS
+    kind: DetectorKind = "faster_rcnn"
     arch: str = "resnet50"  # any timm model with forward_intermediates
     weights: str | None = None  # backbone.pt / timm state_dict / .safetensors; null = random init
-    neck: Literal["fpn", "c4"] = "fpn"  # c4: ResNets, faster_rcnn only
+    neck: Neck = "fpn"  # c4: ResNets, faster_rcnn only
     levels: list[int] | None = None  # feature_info indices; null = strides 4/8/16/32 (c4: 16; ViT: last block)
-    norm: Literal["frozen_bn", "bn", "sync_bn"] = "frozen_bn"
+    norm: Norm = "frozen_bn"
     frozen_stages: Annotated[int, Range(ge=-1)] = 1  # -1 none, 0 stem, N stem + first N stages
     frozen: bool = False  # freeze the whole backbone
     out_channels: Annotated[int, Range(ge=1)] = 256
-    box_head: Literal["2fc", "4conv1fc"] = "2fc"
+    box_head: BoxHead = "2fc"
     representation_size: Annotated[int, Range(ge=1)] = 1024
     anchor_sizes: Annotated[list[int] | None, Range(ge=1)] = None  # one per pyramid level; null = 8 x stride
     roi_batch_size: Annotated[int, Range(ge=1)] = 512

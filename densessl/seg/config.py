@@ -1,6 +1,6 @@
 """The segmentation-evaluation config schema (``densessl-eval-seg``): nested dataclasses holding every default.
 
-The same loader as pretraining and detection (``densessl.config_io``): a YAML file lists only what differs from these
+Loaded by ``densessl-eval-seg --config`` with the loader every tool uses (``densessl.config_io``): a YAML file lists only what differs from these
 defaults, ``key.sub=value`` overrides change single values, and the tool's flags (``--k 5``) are applied on top::
 
     weights: runs/vicregl_r50/backbone.safetensors
@@ -10,29 +10,26 @@ defaults, ``key.sub=value`` overrides change single values, and the tool's flags
     features: {input_size: 448, levels: [2, 3]}
     linear: {epochs: 20, lr: 0.1}
 
-Groups reuse the protocol configs' own dataclasses: ``features`` is ``densessl.eval.features.FeatureConfig``
-(extraction, shared by both protocols), ``linear`` is ``densessl.eval.linear_seg.LinearHeadConfig`` and ``knn`` is
-``densessl.eval.knn.KNNRetrievalConfig``; :meth:`EvalSegConfig.protocol_config` joins ``features``, the chosen
+Groups reuse the protocol configs' own dataclasses: ``features`` is ``densessl.seg.features.FeatureConfig``
+(extraction, shared by both protocols), ``linear`` is ``densessl.seg.linear.LinearHeadConfig`` and ``knn`` is
+``densessl.seg.knn.KNNRetrievalConfig``; :meth:`EvalSegConfig.protocol_config` joins ``features``, the chosen
 protocol's group and ``seed`` into the ``LinearProbeConfig`` / ``KNNConfig`` the protocol runs with.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
-from densessl.config_io import Range, load_config
-from densessl.eval.features import FeatureConfig
-from densessl.eval.knn import KNNConfig, KNNRetrievalConfig
-from densessl.eval.linear_seg import LinearHeadConfig, LinearProbeConfig
+from densessl.schema import Range
+from densessl.seg.features import FeatureConfig
+from densessl.seg.knn import KNNConfig, KNNRetrievalConfig
+from densessl.seg.linear import LinearHeadConfig, LinearProbeConfig
+from densessl.seg.readers import SegDataset
 
-__all__ = ["EvalSegConfig", "Protocol", "SegDataset", "SyntheticSegConfig", "load_eval_seg_config"]
+__all__ = ["REQUIRED", "EvalSegConfig", "Protocol", "SegDataset", "SyntheticSegConfig"]
 
-SegDataset = Literal["voc", "ade20k", "cityscapes", "coco_stuff", "folder", "synthetic"]
-"""``densessl.data.seg_readers.SEGMENTATION_DATASETS`` (a test checks that they agree)."""
 Protocol = Literal["linear", "knn"]
 
 # The fields a run cannot do without, and the flag that sets each.
@@ -124,21 +121,3 @@ class EvalSegConfig:
 def _shallow(obj: object) -> dict[str, object]:
     """A dataclass's fields as a name -> value dict, values not copied (``dataclasses.asdict`` recurses)."""
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
-
-
-def load_eval_seg_config(
-    path: str | os.PathLike[str] | None = None,
-    overrides: Sequence[str] = (),
-    updates: Mapping[str, Any] | None = None,
-) -> EvalSegConfig:
-    """Defaults <- YAML file (with optional ``_base_``) <- ``key.sub=value`` overrides <- ``updates``, validated.
-
-    Args:
-        path: YAML file; ``None`` for the defaults.
-        overrides: Dotlist such as ``["knn.k=5"]``.
-        updates: Nested mapping applied last (the tool's flags, e.g. ``{"knn": {"k": 5}}``).
-
-    Raises:
-        densessl.config_io.ConfigError: naming the offending dotted key.
-    """
-    return load_config(EvalSegConfig, path, overrides, updates)

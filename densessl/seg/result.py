@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from densessl.eval.metrics import SegMetrics
+from densessl.seg.metrics import SegMetrics
 
 __all__ = ["SegEvalResult"]
 

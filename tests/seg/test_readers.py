@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densessl.data.seg_readers import (
+from densessl.data.voc import VOC_CLASSES_WITH_BACKGROUND
+from densessl.seg.dataset import SegmentationDataset, SegSample, SyntheticSegmentation
+from densessl.seg.readers import (
     ADE20K_CLASSES,
     CITYSCAPES_CLASSES,
     COCO_STUFF_CLASSES,
@@ -19,8 +21,6 @@ from densessl.data.seg_readers import (
     VOCSegmentation,
     build_segmentation_dataset,
 )
-from densessl.data.segmentation import SegmentationDataset, SegSample, SyntheticSegmentation
-from densessl.data.voc import VOC_CLASSES_WITH_BACKGROUND
 
 W, H = 16, 12
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from densessl.data.detection import (
+from densessl.data.voc import VOC_OBJECT_CLASSES
+from densessl.det.datasets import (
     AnnotationError,
     CocoDetection,
     RandomHorizontalFlip,
@@ -21,7 +22,6 @@ from densessl.data.detection import (
     horizontal_flip,
     mask_to_rle,
 )
-from densessl.data.voc import VOC_OBJECT_CLASSES
 
 pytest.importorskip("pycocotools")
 

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-from densessl.data.detection import SyntheticDetection, detection_collate
-from densessl.eval.coco_eval import coco_evaluate, evaluate_detector, predictions_to_coco
-from densessl.eval.detection import DetectionBackbone, build_detector, freeze_batch_norm
+from densessl.det.coco import coco_evaluate, evaluate_detector, predictions_to_coco
+from densessl.det.datasets import SyntheticDetection, detection_collate
+from densessl.det.model import DetectionBackbone, build_detector, freeze_batch_norm
 
 pytest.importorskip("pycocotools")
 
@@ -205,7 +205,7 @@ TINY_DET = ["data.synthetic_size=32", "data.min_size_train=[32]", "data.min_size
 
 def test_finetune_sigterm_saves_and_gradient_accumulation_runs(tmp_path: Path) -> None:
     from densessl.config_io import load_config
-    from densessl.train.finetune_det import DetConfig, finetune
+    from densessl.det.finetune import DetConfig, finetune
 
     cfg = load_config(DetConfig, SYNTHETIC, [*TINY_DET, "train.max_iters=3", "optim.accumulate=2", "train.batch_size=4"])
 
@@ -221,8 +221,8 @@ def test_finetune_sigterm_saves_and_gradient_accumulation_runs(tmp_path: Path) -
 
 
 def test_ap_on_coco_and_voc_fixtures_ignores_crowd_and_difficult(tmp_path: Path) -> None:
-    from densessl.data.detection import CocoDetection, VOCDetection
-    from tests.data.test_detection_data import _coco_fixture, _voc_fixture, _voc_xml
+    from densessl.det.datasets import CocoDetection, VOCDetection
+    from tests.det.test_datasets import _coco_fixture, _voc_fixture, _voc_xml
 
     coco = CocoDetection(*_coco_fixture(tmp_path / "coco"), with_masks=True)
     _, target = coco[0]

@@ -3,7 +3,7 @@
 Reference: Balazevic et al., "Towards in-context scene understanding", NeurIPS 2023 (the "Hummingbird" evaluation).
 
 Protocol (``run_knn``):
-    1. Memory. Every train image goes through the eval transform (``densessl.eval.features``); its patch features
+    1. Memory. Every train image goes through the eval transform (``densessl.seg.features``); its patch features
        (the backbone map cells, levels resize-concatenated) are L2-normalized. Each patch gets a **label
        distribution**: the fraction of each class among the mask pixels inside the patch (the ``S x S`` mask is
        partitioned into ``h x w`` cells like the feature map), ignore pixels excluded; patches with only ignore pixels
@@ -39,15 +39,15 @@ from einops import rearrange
 from PIL import Image
 from torch import Tensor, nn
 
-from densessl.config_io import Range, check_fields
 from densessl.data.images import to_rgb
-from densessl.data.segmentation import SegSample
 from densessl.data.transforms import sample_crop
 from densessl.dist import derive_seed
-from densessl.eval.features import FeatureConfig, backbone_device, iter_features
-from densessl.eval.linear_seg import backbone_settings, dataset_classes
-from densessl.eval.metrics import ConfusionMatrix
-from densessl.eval.result import SegEvalResult
+from densessl.schema import Range, check_fields
+from densessl.seg.dataset import SegSample
+from densessl.seg.features import FeatureConfig, backbone_device, iter_features
+from densessl.seg.linear import backbone_settings, dataset_classes
+from densessl.seg.metrics import ConfusionMatrix
+from densessl.seg.result import SegEvalResult
 
 __all__ = [
     "KNNConfig",

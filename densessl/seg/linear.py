@@ -1,7 +1,7 @@
 """Linear semantic-segmentation probe on a frozen backbone (the VICRegL protocol, on cached features).
 
 Protocol (``run_linear_probe``):
-    1. Extract frozen features of the train split once (``densessl.eval.features``: eval transform at
+    1. Extract frozen features of the train split once (``densessl.seg.features``: eval transform at
        ``input_size``, levels resize-concatenated), cached on CPU in float16. No augmentation: the backbone is frozen
        and the features are cached, so every epoch sees the same features.
     2. Train ``LinearSegHead`` = ``BatchNorm2d(C) -> Dropout2d(p) -> Conv2d(C, K, 1)`` (the official VICRegL
@@ -35,11 +35,11 @@ import torch.utils.data
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from densessl.config_io import Range, check_fields
-from densessl.eval.features import FeatureConfig, backbone_device, extract_features, iter_features
-from densessl.eval.metrics import ConfusionMatrix
-from densessl.eval.result import SegEvalResult
 from densessl.optim_rules import decay_factor, param_groups
+from densessl.schema import Range, check_fields
+from densessl.seg.features import FeatureConfig, backbone_device, extract_features, iter_features
+from densessl.seg.metrics import ConfusionMatrix
+from densessl.seg.result import SegEvalResult
 
 __all__ = ["LinearHeadConfig", "LinearProbeConfig", "LinearSegHead", "run_linear_probe", "dataset_classes",
            "backbone_settings"]

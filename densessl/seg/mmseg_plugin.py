@@ -2,10 +2,10 @@
 
 This is the only densessl module that imports mmsegmentation, mmcv or mmengine (``pip install "densessl[mmseg]"``:
 mmsegmentation 1.2.2 on ``mmcv-lite``, no compiler needed). Before importing mmseg it installs
-``densessl.eval.mmcv_ops_standin``, a pure-Python ``mmcv.ops`` for mmcv-lite: heads that need compiled mmcv ops (PSA,
+``densessl.seg.mmcv_ops_standin``, a pure-Python ``mmcv.ops`` for mmcv-lite: heads that need compiled mmcv ops (PSA,
 CCNet, deformable convolutions, ...) then fail with a message naming the optional full-mmcv build
 (``scripts/build_mmcv.sh``); with a full mmcv installed the real ops are used. Configs load it with
-``custom_imports=dict(imports=["densessl.eval.mmseg_plugin"], allow_failed_imports=False)``, which
+``custom_imports=dict(imports=["densessl.seg.mmseg_plugin"], allow_failed_imports=False)``, which
 ``tools/finetune_seg.py`` adds for you.
 
 Registered (``mmseg.registry``):
@@ -13,7 +13,7 @@ Registered (``mmseg.registry``):
       own ``backbone.pt``, frozen or trainable) and ``LinearHead`` (``BN -> Dropout2d -> 1x1 conv``, the VICRegL
       linear-segmentation head).
     * ``DATASETS``: ``FolderSegDataset`` (``images/{train,val}/``, ``masks/{train,val}/*.png``, ``classes.txt``,
-      validated by ``densessl.data.seg_readers.FolderSegmentation``) and ``SyntheticSegDataset`` (the embedded
+      validated by ``densessl.seg.readers.FolderSegmentation``) and ``SyntheticSegDataset`` (the embedded
       synthetic scenes, rendered once into a folder of that layout and then read like any folder dataset).
 
 Weights are always read by densessl (``torch.load(..., weights_only=True)``), never by mmengine's checkpoint
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 
 import torch
 
-from densessl.eval import mmcv_ops_standin
+from densessl.seg import mmcv_ops_standin
 
 mmcv_ops_standin.install()  # before mmcv.cnn / mmseg: they import mmcv.ops, which mmcv-lite cannot load
 
@@ -44,8 +44,8 @@ from PIL import Image  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from densessl.backbones import DenseBackbone
-from densessl.data.seg_readers import FolderSegmentation
 from densessl.data.synthetic import CLASS_NAMES, SyntheticScenes
+from densessl.seg.readers import FolderSegmentation
 
 __all__ = ["DenseSSLBackbone", "LinearHead", "FolderSegDataset", "SyntheticSegDataset", "render_synthetic_folder"]
 

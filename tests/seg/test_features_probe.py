@@ -7,16 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from densessl.data.segmentation import SegSample, SyntheticSegmentation
-from densessl.eval.features import (
+from densessl.seg.dataset import SegSample, SyntheticSegmentation
+from densessl.seg.features import (
     FeatureConfig,
     SegEvalTransform,
     extract_features,
     resize_concat,
     resolve_levels,
 )
-from densessl.eval.linear_seg import LinearProbeConfig, LinearSegHead, run_linear_probe
-from tests.eval.helpers import MeanColourBackbone, SplitColours
+from densessl.seg.linear import LinearProbeConfig, LinearSegHead, run_linear_probe
+from tests.seg.helpers import MeanColourBackbone, SplitColours
 
 
 def _sample(width: int, height: int) -> SegSample:
@@ -125,7 +125,7 @@ def test_linear_probe_rejects_mismatched_splits() -> None:
 @pytest.mark.parametrize(("h", "w", "H", "W"), [(7, 7, 224, 224), (4, 6, 64, 96), (5, 3, 5, 3), (3, 4, 10, 7)])
 def test_matrix_upsampling_equals_bilinear_interpolate(h: int, w: int, H: int, W: int) -> None:
     """The probe's separable-matrix upsampling is torch's bilinear ``align_corners=False`` interpolation."""
-    from densessl.eval.linear_seg import interpolation_matrix
+    from densessl.seg.linear import interpolation_matrix
 
     x = torch.randn(2, 3, h, w)
     expected = torch.nn.functional.interpolate(x, size=(H, W), mode="bilinear", align_corners=False)

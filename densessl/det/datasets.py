@@ -18,7 +18,7 @@ Every dataset returns ``(image, target)`` in the format torchvision's detection 
   - ``image_id``: int, the id the ground truth of ``coco_ground_truth()`` uses for this image.
 
 ``coco_ground_truth()`` returns the whole split as an in-memory COCO instances dict (category ids = the contiguous
-labels), which ``densessl.eval.coco_eval`` hands to pycocotools for box and mask AP.
+labels), which ``densessl.det.coco`` hands to pycocotools for box and mask AP.
 
 Malformed annotations raise :class:`AnnotationError` at construction, naming the file and the entry (annotation id,
 image id or XML element). pycocotools (the ``det`` extra) is needed for masks and evaluation only.

@@ -172,7 +172,7 @@ def _print_config(args: list[str], capsys: pytest.CaptureFixture) -> dict:
 
 def test_print_config_resolves_defaults_file_overrides_and_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     from densessl.config_io import from_dict
-    from densessl.eval.config import EvalSegConfig
+    from densessl.seg.config import EvalSegConfig
 
     defaults = _print_config([], capsys)  # nothing required for printing: a template of every key
     assert defaults["weights"] is None and defaults["features"]["input_size"] == 128 and defaults["knn"]["k"] == 30
@@ -229,7 +229,7 @@ def test_cli_missing_config_file_and_missing_flags(capsys: pytest.CaptureFixture
 
 def test_every_flag_sets_a_key_of_the_schema() -> None:
     from densessl.config_io import merge
-    from densessl.eval.config import EvalSegConfig
+    from densessl.seg.config import EvalSegConfig
 
     tool = _load_tool()
     dests = {action.dest for action in tool._parser()._actions} - {"help", "overrides", "config", "print_config",

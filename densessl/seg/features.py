@@ -30,10 +30,10 @@ from PIL import Image
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from densessl.config_io import Range, check_fields
 from densessl.data.images import to_rgb
-from densessl.data.segmentation import SegSample
 from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from densessl.schema import Range, check_fields
+from densessl.seg.dataset import SegSample
 
 __all__ = [
     "RESIZE_MODES",

@@ -14,19 +14,19 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from mmengine.config import Config  # noqa: E402, I001
+from mmseg.registry import DATASETS, MODELS  # noqa: E402
+from mmseg.utils import register_all_modules  # noqa: E402
 from PIL import Image
 
 from densessl.backbones import DenseBackbone
-from densessl.eval.mmseg_plugin import (  # first: installs the mmcv.ops stand-in that mmseg needs on mmcv-lite
+from densessl.seg.mmseg_plugin import (  # first: installs the mmcv.ops stand-in that mmseg needs on mmcv-lite
     DenseSSLBackbone,
     FolderSegDataset,
     LinearHead,
     SyntheticSegDataset,
     render_synthetic_folder,
 )
-from mmengine.config import Config  # noqa: E402, I001
-from mmseg.registry import DATASETS, MODELS  # noqa: E402
-from mmseg.utils import register_all_modules  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO / "configs" / "mmseg"
@@ -196,7 +196,7 @@ def test_every_config_parses_and_heads_fit_the_backbone(config: Path) -> None:
     cfg = Config.fromfile(config)
     backbone = cfg.model.backbone
     assert backbone.type == "DenseSSLBackbone" and backbone.weights is None
-    assert "densessl.eval.mmseg_plugin" in cfg.custom_imports["imports"]
+    assert "densessl.seg.mmseg_plugin" in cfg.custom_imports["imports"]
     assert cfg.train_cfg.max_iters > 0 and cfg.val_evaluator.type == "IoUMetric"
     assert ("_frozen_" in config.name) == backbone.frozen, "the file name says frozen/finetune"
     # The heads' in_channels must match what the backbone returns at their in_index (checked without a forward).
@@ -316,7 +316,7 @@ def _load_tool() -> Any:
 
 
 def test_importing_densessl_does_not_import_mmseg() -> None:
-    code = ("import sys, densessl, densessl.backbones, densessl.eval, densessl.data; "
+    code = ("import sys, densessl, densessl.backbones, densessl.seg, densessl.det, densessl.data; "
             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('mmseg', 'mmcv', 'mmengine')); "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

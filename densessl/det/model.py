@@ -24,7 +24,7 @@
   the pyramid (one anchor size per level, ``8 x stride`` by default: 32..512 for strides 4..64), ImageNet mean/std,
   and multi-scale training (random shorter side from ``min_size``; ``test_min_size`` at evaluation).
 
-Scoring the built detectors (COCO box and mask AP, ``evaluate_detector``) lives in ``densessl.eval.coco_eval``.
+Scoring the built detectors (COCO box and mask AP, ``evaluate_detector``) lives in ``densessl.det.coco``.
 """
 
 from __future__ import annotations
@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import math
 import os
+import typing
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -58,6 +59,10 @@ __all__ = [
     "DETECTOR_KINDS",
     "NECKS",
     "NORMS",
+    "BoxHead",
+    "DetectorKind",
+    "Neck",
+    "Norm",
     "DetectionBackbone",
     "SimpleFeaturePyramid",
     "build_detector",
@@ -66,10 +71,16 @@ __all__ = [
 
 logger = logging.getLogger("densessl")
 
-DETECTOR_KINDS = ("faster_rcnn", "mask_rcnn")
-NECKS = ("fpn", "c4")
-NORMS = ("frozen_bn", "bn", "sync_bn")
-BOX_HEADS = ("2fc", "4conv1fc")
+# The choices of each detector option, once: the recipe's schema (densessl.det.finetune.ModelConfig) is annotated with
+# these Literals and build_detector checks against the tuples derived from them.
+DetectorKind = Literal["faster_rcnn", "mask_rcnn"]
+Neck = Literal["fpn", "c4"]
+Norm = Literal["frozen_bn", "bn", "sync_bn"]
+BoxHead = Literal["2fc", "4conv1fc"]
+DETECTOR_KINDS: tuple[str, ...] = typing.get_args(DetectorKind)
+NECKS: tuple[str, ...] = typing.get_args(Neck)
+NORMS: tuple[str, ...] = typing.get_args(Norm)
+BOX_HEADS: tuple[str, ...] = typing.get_args(BoxHead)
 _FPN_STRIDES = (4, 8, 16, 32)
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from densessl.eval.metrics import ConfusionMatrix
-from densessl.eval.result import SegEvalResult
+from densessl.seg.metrics import ConfusionMatrix
+from densessl.seg.result import SegEvalResult
 
 
 def _t(values: list) -> torch.Tensor:

@@ -2,8 +2,8 @@
 
 * :func:`predictions_to_coco`: detector outputs -> COCO result entries (``[x, y, w, h]`` boxes, RLE masks).
 * :func:`coco_evaluate`: COCO box (and mask) AP of result entries against an in-memory ground truth
-  (``dataset.coco_ground_truth()`` of any dataset of ``densessl.data.detection``), as a :class:`DetectionEvalResult`.
-* :func:`evaluate_detector`: runs a detector of ``densessl.eval.detection.build_detector`` over a dataset (split over
+  (``dataset.coco_ground_truth()`` of any dataset of ``densessl.det.datasets``), as a :class:`DetectionEvalResult`.
+* :func:`evaluate_detector`: runs a detector of ``densessl.det.model.build_detector`` over a dataset (split over
   the processes under ``torch.distributed``) and scores its detections with :func:`coco_evaluate`.
 
 VOC ``difficult`` objects are crowd (ignore) regions, so VOC numbers are COCO-style AP (AP50 close to, but not exactly,
@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torchvision.models.detection import MaskRCNN
 from tqdm import tqdm
 
-from densessl.data.detection import DetectionDataset, detection_collate, mask_to_rle
+from densessl.det.datasets import DetectionDataset, detection_collate, mask_to_rle
 
 __all__ = ["DetectionEvalResult", "coco_evaluate", "evaluate_detector", "predictions_to_coco"]
 

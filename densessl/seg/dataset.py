@@ -5,7 +5,7 @@ Every segmentation dataset derives from ``SegmentationDataset`` and yields ``Seg
 count in no metric and no loss.
 
 The readers for datasets on disk (Pascal VOC, ADE20K, Cityscapes, COCO-Stuff, your own folder) and
-``build_segmentation_dataset``, which picks any dataset by name, live in ``densessl.data.seg_readers``.
+``build_segmentation_dataset``, which picks any dataset by name, live in ``densessl.seg.readers``.
 """
 
 from __future__ import annotations

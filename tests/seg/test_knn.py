@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from densessl.eval.knn import (
+from densessl.seg.knn import (
     AugmentedSegmentation,
     DenseMemory,
     KNNConfig,
@@ -18,7 +18,7 @@ from densessl.eval.knn import (
     patch_label_distributions,
     run_knn,
 )
-from tests.eval.helpers import COLOURS, MeanColourBackbone, SplitColours
+from tests.seg.helpers import COLOURS, MeanColourBackbone, SplitColours
 
 
 def _hand_memory() -> DenseMemory:
@@ -112,7 +112,7 @@ def test_augmented_samples_keep_labels_aligned() -> None:
 
 def test_faiss_request_without_faiss_falls_back(caplog: pytest.LogCaptureFixture,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("densessl.eval.knn.faiss_available", lambda: False)
+    monkeypatch.setattr("densessl.seg.knn.faiss_available", lambda: False)
     cfg = KNNConfig(input_size=32, use_faiss=True, progress=False)
     with caplog.at_level(logging.WARNING, logger="densessl"):
         result = run_knn(MeanColourBackbone(), SplitColours(4), SplitColours(2, seed=1), cfg)

@@ -12,8 +12,10 @@ import torch.nn.functional as F
 
 pytest.importorskip("mmseg")
 
-from densessl.eval import mmcv_ops_standin  # noqa: E402
-from densessl.eval import mmseg_plugin  # noqa: E402, F401  (installs the stand-in, registers densessl modules)
+from densessl.seg import (
+    mmcv_ops_standin,  # noqa: E402
+    mmseg_plugin,  # noqa: E402, F401  (installs the stand-in, registers densessl modules)
+)
 
 FULL_MMCV = importlib.util.find_spec("mmcv._ext") is not None
 needs_standin = pytest.mark.skipif(FULL_MMCV, reason="full mmcv with compiled ops installed: the real ops are used")
@@ -62,6 +64,6 @@ def test_placeholders_work_in_isinstance_checks() -> None:
 
 
 def test_importing_densessl_eval_does_not_install_the_standin() -> None:
-    code = "import sys, densessl.eval.mmcv_ops_standin; assert 'mmcv.ops' not in sys.modules and 'mmcv' not in sys.modules"
+    code = "import sys, densessl.seg.mmcv_ops_standin; assert 'mmcv.ops' not in sys.modules and 'mmcv' not in sys.modules"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr

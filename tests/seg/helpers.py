@@ -8,7 +8,7 @@ from PIL import Image
 from torch import Tensor, nn
 
 from densessl.backbones import DenseFeatures
-from densessl.data.segmentation import SegmentationDataset, SegSample
+from densessl.seg.dataset import SegmentationDataset, SegSample
 
 COLOURS = ((40, 200, 40), (220, 30, 30), (30, 30, 220))  # class 0 green, 1 red, 2 blue
 

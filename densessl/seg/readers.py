@@ -16,22 +16,23 @@ uint8 class indices with ``IGNORE_INDEX`` (255) for pixels that count in no metr
 
 ``build_segmentation_dataset(name, root, split)`` builds any of them, or the embedded ``SyntheticSegmentation``, by
 name (one of ``SEGMENTATION_DATASETS``). The sample type and base class they share live in
-``densessl.data.segmentation``.
+``densessl.seg.dataset``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import typing
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple, Sequence
+from typing import Any, ClassVar, Literal, NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from densessl.data.images import IMAGE_EXTENSIONS, load_image
-from densessl.data.segmentation import IGNORE_INDEX, SegmentationDataset, SegSample, SyntheticSegmentation
 from densessl.data.voc import VOC_CLASSES_WITH_BACKGROUND
+from densessl.seg.dataset import IGNORE_INDEX, SegmentationDataset, SegSample, SyntheticSegmentation
 
 __all__ = [
     "ADE20K_CLASSES",
@@ -41,6 +42,7 @@ __all__ = [
     "COCO_STUFF_ID_TO_TRAIN_ID",
     "COCO_STUFF_UNUSED_IDS",
     "SEGMENTATION_DATASETS",
+    "SegDataset",
     "SPLITS",
     "ADE20KSegmentation",
     "CityscapesSegmentation",
@@ -55,7 +57,9 @@ logger = logging.getLogger("densessl")
 
 SPLITS = ("train", "val")
 
-SEGMENTATION_DATASETS = ("voc", "ade20k", "cityscapes", "coco_stuff", "synthetic", "folder")
+SegDataset = Literal["voc", "ade20k", "cityscapes", "coco_stuff", "synthetic", "folder"]
+"""The dataset names ``build_segmentation_dataset`` reads (``densessl-eval-seg --dataset``)."""
+SEGMENTATION_DATASETS: tuple[str, ...] = typing.get_args(SegDataset)
 
 # The 150 SceneParsing classes in train-id order (mmsegmentation's ADE20KDataset, trailing space of "bed " removed).
 ADE20K_CLASSES: tuple[str, ...] = (
