@@ -77,7 +77,7 @@ def test_method_choices_agree_with_the_objective_registry() -> None:
 def test_literal_choices_agree_with_the_code_that_uses_them() -> None:
     from densessl.data.transforms import _INTERPOLATIONS, MultiCropConfig
     from densessl.det import model as detection
-    from densessl.det.finetune import ModelConfig as DetModelConfig
+    from densessl.det.model import ModelConfig as DetModelConfig
     from densessl.seg.config import EvalSegConfig
     from densessl.seg.readers import SEGMENTATION_DATASETS
 

@@ -42,7 +42,7 @@ from densessl.det.datasets import (
     detection_collate,
     horizontal_flip,
 )
-from densessl.det.model import BoxHead, DetectorKind, Neck, Norm, build_detector
+from densessl.det.model import ModelConfig, build_detector
 from densessl.schema import Range, to_dict
 from densessl.train import engine
 from densessl.train.engine import NonFiniteLossError, ResumeMode
@@ -65,33 +65,6 @@ FIXED_ON_RESUME = ("model.kind", "model.arch", "model.neck", "model.levels", "mo
 # --------------------------------------------------------------------------- #
 # Config schema
 # --------------------------------------------------------------------------- #
-
-
-@dataclass
-class ModelConfig:
-    """Detector and backbone (see ``densessl.det.model.build_detector``)."""
-
-    kind: DetectorKind = "faster_rcnn"
-    arch: str = "resnet50"  # any timm model with forward_intermediates
-    weights: str | None = None  # backbone.pt / timm state_dict / .safetensors; null = random init
-    neck: Neck = "fpn"  # c4: ResNets, faster_rcnn only
-    levels: list[int] | None = None  # feature_info indices; null = strides 4/8/16/32 (c4: 16; ViT: last block)
-    norm: Norm = "frozen_bn"
-    frozen_stages: Annotated[int, Range(ge=-1)] = 1  # -1 none, 0 stem, N stem + first N stages
-    frozen: bool = False  # freeze the whole backbone
-    out_channels: Annotated[int, Range(ge=1)] = 256
-    box_head: BoxHead = "2fc"
-    representation_size: Annotated[int, Range(ge=1)] = 1024
-    anchor_sizes: Annotated[list[int] | None, Range(ge=1)] = None  # one per pyramid level; null = 8 x stride
-    roi_batch_size: Annotated[int, Range(ge=1)] = 512
-    rpn_proposals_train: Annotated[int, Range(ge=1)] = 2000
-    rpn_proposals_test: Annotated[int, Range(ge=1)] = 1000
-    detections_per_img: Annotated[int, Range(ge=1)] = 100
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.neck == "c4" and self.kind == "mask_rcnn":
-            raise ValueError("neck: c4 is implemented for faster_rcnn only")
 
 
 @dataclass
@@ -327,14 +300,8 @@ def _finetune(cfg: DetConfig, run: engine.Run, on_step: Callable[[int], None] | 
     random.seed(cfg.train.seed)
     train_set, val_set = build_datasets(cfg)
     m = cfg.model
-    detector = build_detector(
-        m.kind, m.arch, m.weights, train_set.num_classes, neck=m.neck, levels=m.levels, norm=m.norm,
-        frozen_stages=m.frozen_stages, frozen=m.frozen, out_channels=m.out_channels, box_head=m.box_head,
-        min_size=cfg.data.min_size_train, test_min_size=cfg.data.min_size_test, max_size=cfg.data.max_size,
-        anchor_sizes=m.anchor_sizes, representation_size=m.representation_size, roi_batch_size=m.roi_batch_size,
-        rpn_proposals_train=m.rpn_proposals_train, rpn_proposals_test=m.rpn_proposals_test,
-        detections_per_img=m.detections_per_img, model_kwargs=m.model_kwargs,
-    ).to(device)
+    detector = build_detector(m, train_set.num_classes, min_size=cfg.data.min_size_train,
+                              test_min_size=cfg.data.min_size_test, max_size=cfg.data.max_size).to(device)
     groups = param_groups([detector], cfg.optim.weight_decay, no_decay="norm",
                           no_decay_weight_decay=cfg.optim.weight_decay_norm)
     optimizer = torch.optim.SGD(groups, lr=cfg.optim.lr, momentum=cfg.optim.momentum)

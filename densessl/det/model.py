@@ -34,7 +34,8 @@ import math
 import os
 import typing
 from collections import OrderedDict
-from typing import Any, Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, Sequence
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from densessl.backbones import DenseBackbone, load_backbone_weights, normalize_levels
 from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from densessl.schema import Range
 
 __all__ = [
     "BOX_HEADS",
@@ -64,6 +66,7 @@ __all__ = [
     "Neck",
     "Norm",
     "DetectionBackbone",
+    "ModelConfig",
     "SimpleFeaturePyramid",
     "build_detector",
     "freeze_batch_norm",
@@ -71,8 +74,8 @@ __all__ = [
 
 logger = logging.getLogger("densessl")
 
-# The choices of each detector option, once: the recipe's schema (densessl.det.finetune.ModelConfig) is annotated with
-# these Literals and build_detector checks against the tuples derived from them.
+# The choices of each detector option, once: ModelConfig is annotated with these Literals and build_detector checks
+# against the tuples derived from them.
 DetectorKind = Literal["faster_rcnn", "mask_rcnn"]
 Neck = Literal["fpn", "c4"]
 Norm = Literal["frozen_bn", "bn", "sync_bn"]
@@ -81,6 +84,59 @@ DETECTOR_KINDS: tuple[str, ...] = typing.get_args(DetectorKind)
 NECKS: tuple[str, ...] = typing.get_args(Neck)
 NORMS: tuple[str, ...] = typing.get_args(Norm)
 BOX_HEADS: tuple[str, ...] = typing.get_args(BoxHead)
+
+
+@dataclass
+class ModelConfig:
+    """The detector and its backbone: the ``model`` section of the fine-tuning recipe (``densessl.det.finetune``).
+
+    Attributes:
+        kind: ``"faster_rcnn"`` or ``"mask_rcnn"`` (FPN / ViT pyramids only).
+        arch: timm architecture.
+        weights: Backbone weights file or ``None`` (random init); see :class:`DetectionBackbone`.
+        neck: ``"fpn"`` or ``"c4"`` (ResNets, Faster R-CNN only).
+        levels: Backbone levels (see :class:`DetectionBackbone`).
+        norm: ``"frozen_bn"``, ``"bn"`` or ``"sync_bn"``. With ``bn``/``sync_bn`` the FPN and conv heads use BN
+            too; with ``sync_bn`` the whole model is converted to ``nn.SyncBatchNorm`` under a NCCL process group.
+        frozen_stages: ``-1`` none, ``0`` stem, ``N`` stem + first ``N`` stages frozen.
+        frozen: Freeze the whole timm model.
+        out_channels: Pyramid channels (also the conv width of the 4conv1fc and mask heads); 256 usually.
+        box_head: ``"2fc"`` (torchvision's two 1024-d FC layers) or ``"4conv1fc"`` (4 convs + 1 FC, BN per
+            ``norm``: the MoCo/DenseCL COCO protocol). Ignored for C4 (the head is ``layer4``).
+        anchor_sizes: One anchor size (pixels) per pyramid level, aspect ratios 0.5/1/2. ``None``: ``8 x stride``
+            per level (32, 64, 128, 256, 512 for strides 4..64). For C4: the sizes of the single level
+            (default 32..512).
+        representation_size: Width of the FC layer(s) of the FPN box head.
+        roi_batch_size: RoIs sampled per image for the box head loss (25 % positives).
+        rpn_proposals_train: RPN proposals kept per image (before and after NMS, per level before) at training.
+        rpn_proposals_test: The same at evaluation.
+        detections_per_img: Maximum detections per image.
+        model_kwargs: Extra ``timm.create_model`` arguments.
+    """
+
+    kind: DetectorKind = "faster_rcnn"
+    arch: str = "resnet50"  # any timm model with forward_intermediates
+    weights: str | None = None  # backbone.pt / timm state_dict / .safetensors; null = random init
+    neck: Neck = "fpn"  # c4: ResNets, faster_rcnn only
+    levels: list[int] | None = None  # feature_info indices; null = strides 4/8/16/32 (c4: 16; ViT: last block)
+    norm: Norm = "frozen_bn"
+    frozen_stages: Annotated[int, Range(ge=-1)] = 1  # -1 none, 0 stem, N stem + first N stages
+    frozen: bool = False  # freeze the whole backbone
+    out_channels: Annotated[int, Range(ge=1)] = 256
+    box_head: BoxHead = "2fc"
+    representation_size: Annotated[int, Range(ge=1)] = 1024
+    anchor_sizes: Annotated[list[int] | None, Range(ge=1)] = None  # one per pyramid level; null = 8 x stride
+    roi_batch_size: Annotated[int, Range(ge=1)] = 512
+    rpn_proposals_train: Annotated[int, Range(ge=1)] = 2000
+    rpn_proposals_test: Annotated[int, Range(ge=1)] = 1000
+    detections_per_img: Annotated[int, Range(ge=1)] = 100
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.neck == "c4" and self.kind == "mask_rcnn":
+            raise ValueError("neck: c4 is implemented for faster_rcnn only")
+
+
 _FPN_STRIDES = (4, 8, 16, 32)
 
 
@@ -374,63 +430,32 @@ class _Res5Head(nn.Module):
 
 
 def build_detector(
-    kind: str = "faster_rcnn",
-    arch: str = "resnet50",
-    weights: str | os.PathLike | None = None,
-    num_classes: int = 81,
+    cfg: ModelConfig,
+    num_classes: int,
     *,
-    neck: str = "fpn",
-    levels: Sequence[int] | None = None,
-    norm: str = "frozen_bn",
-    frozen_stages: int = 1,
-    frozen: bool = False,
-    out_channels: int = 256,
-    box_head: str = "2fc",
     min_size: int | Sequence[int] = 800,
     test_min_size: int | None = None,
     max_size: int = 1333,
-    anchor_sizes: Sequence[int] | None = None,
-    representation_size: int = 1024,
-    roi_batch_size: int = 512,
-    rpn_proposals_train: int = 2000,
-    rpn_proposals_test: int = 1000,
-    detections_per_img: int = 100,
-    model_kwargs: dict[str, Any] | None = None,
 ) -> nn.Module:
-    """Build a torchvision Faster R-CNN or Mask R-CNN on a densessl backbone.
+    """Build a torchvision Faster R-CNN or Mask R-CNN on a densessl backbone, as ``cfg`` (:class:`ModelConfig`) says.
 
     Args:
-        kind: ``"faster_rcnn"`` or ``"mask_rcnn"`` (FPN / ViT pyramids only).
-        arch: timm architecture.
-        weights: Backbone weights file or ``None`` (random init); see :class:`DetectionBackbone`.
+        cfg: The detector and its backbone.
         num_classes: Classes including the background (``dataset.num_classes``).
-        neck: ``"fpn"`` or ``"c4"`` (ResNets, Faster R-CNN only).
-        levels: Backbone levels (see :class:`DetectionBackbone`).
-        norm: ``"frozen_bn"``, ``"bn"`` or ``"sync_bn"``. With ``bn``/``sync_bn`` the FPN and conv heads use BN
-            too; with ``sync_bn`` the whole model is converted to ``nn.SyncBatchNorm`` under a NCCL process group.
-        frozen_stages: ``-1`` none, ``0`` stem, ``N`` stem + first ``N`` stages frozen.
-        frozen: Freeze the whole timm model.
-        out_channels: Pyramid channels (also the conv width of the 4conv1fc and mask heads); 256 usually.
-        box_head: ``"2fc"`` (torchvision's two 1024-d FC layers) or ``"4conv1fc"`` (4 convs + 1 FC, BN per
-            ``norm``: the MoCo/DenseCL COCO protocol). Ignored for C4 (the head is ``layer4``).
         min_size: Shorter side at training; a sequence draws one per batch (multi-scale training).
         test_min_size: Shorter side at evaluation (default: the last ``min_size``).
         max_size: Cap on the longer side.
-        anchor_sizes: One anchor size (pixels) per pyramid level, aspect ratios 0.5/1/2. ``None``: ``8 x stride``
-            per level (32, 64, 128, 256, 512 for strides 4..64). For C4: the sizes of the single level
-            (default 32..512).
-        representation_size: Width of the FC layer(s) of the FPN box head.
-        roi_batch_size: RoIs sampled per image for the box head loss (25 % positives).
-        rpn_proposals_train: RPN proposals kept per image (before and after NMS, per level before) at training.
-        rpn_proposals_test: The same at evaluation.
-        detections_per_img: Maximum detections per image.
-        model_kwargs: Extra ``timm.create_model`` arguments.
 
     Returns:
         The detector: train mode ``model(images, targets) -> dict of losses``; eval mode ``model(images) ->``
         one dict per image with ``boxes`` ``(N, 4)`` xyxy in input-image pixels, ``scores``, ``labels`` and, for
         Mask R-CNN, ``masks`` ``(N, 1, H, W)`` probabilities.
     """
+    kind, arch, weights, neck, levels, norm = cfg.kind, cfg.arch, cfg.weights, cfg.neck, cfg.levels, cfg.norm
+    frozen_stages, frozen, out_channels, box_head = cfg.frozen_stages, cfg.frozen, cfg.out_channels, cfg.box_head
+    anchor_sizes, representation_size, roi_batch_size = cfg.anchor_sizes, cfg.representation_size, cfg.roi_batch_size
+    rpn_proposals_train, rpn_proposals_test = cfg.rpn_proposals_train, cfg.rpn_proposals_test
+    detections_per_img, model_kwargs = cfg.detections_per_img, cfg.model_kwargs
     if kind not in DETECTOR_KINDS:
         raise ValueError(f"kind must be one of {DETECTOR_KINDS}, got {kind!r}")
     if box_head not in BOX_HEADS:

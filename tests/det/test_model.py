@@ -17,15 +17,16 @@ from torchvision.ops import FrozenBatchNorm2d
 
 from densessl.det.coco import coco_evaluate, evaluate_detector, predictions_to_coco
 from densessl.det.datasets import SyntheticDetection, detection_collate
-from densessl.det.model import DetectionBackbone, build_detector, freeze_batch_norm
+from densessl.det.model import DetectionBackbone, ModelConfig, build_detector, freeze_batch_norm
 
 pytest.importorskip("pycocotools")
 
 ROOT = Path(__file__).resolve().parents[2]
 SYNTHETIC = ROOT / "configs" / "detection" / "faster_rcnn_fpn_r18_synthetic.yaml"
 # A small, fast detector for CPU tests.
-SMALL = dict(min_size=64, max_size=64, anchor_sizes=[8, 16, 32, 64, 128], out_channels=32, representation_size=64,
-             roi_batch_size=32, rpn_proposals_train=64, rpn_proposals_test=64)
+SMALL = dict(anchor_sizes=[8, 16, 32, 64, 128], out_channels=32, representation_size=64, roi_batch_size=32,
+             rpn_proposals_train=64, rpn_proposals_test=64)
+SIZES = dict(min_size=64, max_size=64)
 
 
 @pytest.fixture(autouse=True)
@@ -115,8 +116,8 @@ def synthetic_val() -> SyntheticDetection:
 
 
 def test_faster_rcnn_train_losses_and_eval_predictions(synthetic_val: SyntheticDetection) -> None:
-    model = build_detector("faster_rcnn", "resnet18", None, synthetic_val.num_classes, norm="bn", frozen_stages=-1,
-                           **SMALL)
+    model = build_detector(ModelConfig("faster_rcnn", "resnet18", norm="bn", frozen_stages=-1, **SMALL),
+                           synthetic_val.num_classes, **SIZES)
     batch = detection_collate([synthetic_val[0], synthetic_val[1]])
     model.train()
     losses = model(batch.images, batch.targets)
@@ -133,7 +134,7 @@ def test_faster_rcnn_train_losses_and_eval_predictions(synthetic_val: SyntheticD
 
 
 def test_mask_rcnn_forward_with_masks(synthetic_val: SyntheticDetection) -> None:
-    model = build_detector("mask_rcnn", "resnet18", None, synthetic_val.num_classes, **SMALL)
+    model = build_detector(ModelConfig("mask_rcnn", "resnet18", **SMALL), synthetic_val.num_classes, **SIZES)
     batch = detection_collate([synthetic_val[0], synthetic_val[1]])
     model.train()
     losses = model(batch.images, batch.targets)
