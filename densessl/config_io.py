@@ -118,10 +118,8 @@ def merge(base: T, data: Mapping[str, Any], *, prefix: str = "") -> T:
 
 
 def validate_config(cfg: Any, path: str = "") -> None:
-    """Check the ``Literal`` / ``Range`` fields of every dataclass node (a config built or changed in Python skipped
-    the loader), then call its ``validate()``; children first. A ``ValueError`` from ``validate()`` becomes a
-    ConfigError at the node (or at its field, when the message starts with ``<field>:``).
-    """
+    """Check the ``Literal`` / ``Range`` fields of every dataclass node (for configs built in Python), then call its
+    ``validate()``, children first; a ``ValueError`` becomes a ConfigError at the node (or its field, ``"<field>: .."``)."""
     if isinstance(cfg, (list, tuple)):
         for i, item in enumerate(cfg):
             validate_config(item, f"{path}[{i}]")
@@ -146,12 +144,8 @@ def validate_config(cfg: Any, path: str = "") -> None:
 
 
 def parse_dotlist(items: Sequence[str]) -> dict[str, Any]:
-    """``["optim.lr=0.1", "data.sizes=[224,96]"]`` -> ``{"optim": {"lr": 0.1}, "data": {"sizes": [224, 96]}}``.
-
-    Values are YAML (``null``, ``true``, ``[1,2]``, ``1e-3`` a float; quote a value to keep it a string); later items
-    win. Raises ConfigError for an item with no ``=``, an empty key part or value, bad YAML, or a key used both as a
-    value and as a parent.
-    """
+    """``["optim.lr=0.1", "data.sizes=[224,96]"]`` -> ``{"optim": {"lr": 0.1}, "data": {"sizes": [224, 96]}}``; values
+    are YAML (``null``, ``[1,2]``, ``1e-3`` a float; quote to keep a string), later items win. Raises ConfigError."""
     if isinstance(items, str):
         raise TypeError("parse_dotlist() expects a sequence of strings, not a single string")
     result: dict[str, Any] = {}

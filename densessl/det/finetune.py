@@ -357,8 +357,11 @@ def _finetune(cfg: DetConfig, run: engine.Run, on_step: Callable[[int], None] | 
                                                      gamma=cfg.optim.gamma, min_lr_ratio=cfg.optim.min_lr_ratio)
             engine.set_lr(optimizer, lr)
             micro_batches = [next(batches) for _ in range(cfg.optim.accumulate)]
-            terms = engine.optimizer_step(run, model, optimizer, scaler, micro_batches, forward, iteration=iteration,
-                                          clip_grad=cfg.optim.clip_grad)
+            try:
+                terms = engine.optimizer_step(run, model, optimizer, scaler, micro_batches, forward,
+                                              iteration=iteration, clip_grad=cfg.optim.clip_grad)
+            except NonFiniteLossError as error:
+                raise engine.fall_back_to_stable(run, error) from None
             iteration += 1
             progress.update(1)
             record = engine.log_step(run, iteration, total, terms, lr=lr, images=cfg.train.batch_size)

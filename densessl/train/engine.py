@@ -1,4 +1,4 @@
-"""The training engine every densessl recipe runs on: plain functions and one dataclass, not a framework.
+"""The training engine every densessl recipe runs on: plain functions and small dataclasses, not a framework.
 
 A recipe (``densessl.train.pretrain``, ``densessl.det.finetune``) builds its model, optimizer and data, then
 drives a loop of its own with these pieces::
@@ -7,7 +7,10 @@ drives a loop of its own with these pieces::
     ...build model on run.device; if run.state: load model/optimizer/scaler from it...
     while iteration < total:
         set_lr(optimizer, lr)
-        terms = optimizer_step(run, model, optimizer, scaler, micro_batches, forward, clip_grad=..., iteration=...)
+        try:
+            terms = optimizer_step(run, model, optimizer, scaler, micro_batches, forward, clip_grad=..., iteration=...)
+        except NonFiniteLossError as error:  # the non-finite policy: put stable.pt back as last.pt
+            raise fall_back_to_stable(run, error) from None
         iteration += 1
         log_step(run, iteration, total, terms, lr=lr, images=...)
         if ...: save_checkpoint(run, iteration, {"model": ..., "optimizer": ..., "scaler": ...})
@@ -68,6 +71,7 @@ __all__ = [
     "Run",
     "autocast",
     "capture_rng",
+    "fall_back_to_stable",
     "finish_run",
     "load_checkpoint",
     "log_step",
@@ -89,7 +93,17 @@ ResumeMode = Literal["no", "yes", "auto"]
 
 
 class NonFiniteLossError(RuntimeError):
-    """A loss became NaN or infinite; the optimizer step was not taken and the last good checkpoint is kept."""
+    """A loss became NaN or infinite; the optimizer step was not taken.
+
+    ``optimizer_step`` raises it with the loss terms; the recipe hands it to :func:`fall_back_to_stable`, which puts
+    the last stable checkpoint back and returns it with a sentence saying so (``checkpoints``).
+    """
+
+    def __init__(self, iteration: int, values: dict[str, float], checkpoints: str = "") -> None:
+        super().__init__(f"non-finite loss at iteration {iteration}: {values}. No optimizer step was taken. "
+                         f"{checkpoints}Lower the learning rate, set a gradient clip, or use fp32/bf16 instead of "
+                         f"fp16, then resume")
+        self.iteration, self.values, self.checkpoints = iteration, values, checkpoints
 
 
 class ResumeError(ValueError):
@@ -99,6 +113,114 @@ class ResumeError(ValueError):
 # --------------------------------------------------------------------------- #
 # The run
 # --------------------------------------------------------------------------- #
+
+
+@dataclass
+class RunFiles:
+    """The files a run keeps open on rank 0; ``close()`` restores the logger."""
+
+    metrics: Any = None
+    writer: Any = None
+    log_handler: logging.Handler | None = None
+    previous_level: int = logging.NOTSET
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        if self.log_handler is not None:
+            logger.setLevel(self.previous_level)
+            logger.removeHandler(self.log_handler)
+            self.log_handler.close()
+            self.log_handler = None
+
+
+@dataclass
+class MetricsWindow:
+    """The terms, steps and images summed since the last logged step, and when the loop started."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    images: int = 0
+    start: float = field(default_factory=time.perf_counter)
+    loop_start: tuple[float, int] | None = None  # (time, iteration before the first step of this process)
+
+    def add(self, iteration: int, terms: dict[str, Tensor | float], images: int) -> None:
+        if self.loop_start is None:
+            self.loop_start = (time.perf_counter(), iteration - 1)
+        for key, value in terms.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value)
+        self.steps += 1
+        self.images += images
+
+    def take(self) -> tuple[dict[str, float], float]:
+        """``(mean of each term, images/s)`` since the last call; the window starts again."""
+        means = {k: v / self.steps for k, v in self.sums.items()}
+        images_per_s = self.images / max(time.perf_counter() - self.start, 1e-9)
+        self.sums, self.steps, self.images, self.start = {}, 0, 0, time.perf_counter()
+        return means, images_per_s
+
+
+# A loss this many times its running level (median |loss| over the last steps) is a jump: warn, the run may diverge.
+JUMP_FACTOR = 10.0
+# A checkpoint written while the loss is within this factor of its running level counts as stable.
+STABLE_FACTOR = 3.0
+
+
+@dataclass
+class LossWatch:
+    """The running loss level (median |loss| of the last 50 steps, a jump left out of it).
+
+    ``stable``: the current weights look stable (a checkpoint written now becomes ``stable.pt``);
+    ``stable_iteration``: the iteration ``stable.pt`` holds (``None``: there is none).
+    """
+
+    recent: deque = field(default_factory=lambda: deque(maxlen=50))
+    stable: bool = True
+    warned_at: int | None = None
+    stable_iteration: int | None = None
+
+    def observe(self, iteration: int, loss: float) -> tuple[float, float] | None:
+        """Add one step's loss; ``(ratio, level)`` when it is a new jump to warn about, else ``None``."""
+        jump = None
+        if len(self.recent) >= 10:
+            level = max(statistics.median(abs(v) for v in self.recent), 1e-6)
+            ratio = abs(loss) / level
+            self.stable = ratio <= STABLE_FACTOR
+            if ratio > JUMP_FACTOR and self.warned_at is None:
+                self.warned_at, jump = iteration, (ratio, level)
+            elif ratio <= STABLE_FACTOR:
+                self.warned_at = None
+            if ratio > STABLE_FACTOR:
+                return jump  # keep the running level free of the jump
+        self.recent.append(loss)
+        return jump
+
+
+@dataclass
+class StopSignal:
+    """A SIGTERM/SIGINT received (``signum``, 0 for none) and the handlers ``start_run`` replaced."""
+
+    signum: int = 0
+    previous: dict[int, Any] = field(default_factory=dict)
+
+    def install(self) -> None:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self.previous[signum] = signal.signal(signum, self._handle)
+
+    def restore(self) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        self.previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum:  # a second signal: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+        logger.warning("received signal %d: saving a checkpoint at the end of this step, then stopping", signum)
 
 
 @dataclass
@@ -113,6 +235,11 @@ class Run:
         rank, world_size, local_rank: The process within ``torchrun`` (0, 1, 0 for one process).
         state: The checkpoint being resumed from (``None`` for a fresh start); recipes load their parts from it.
         log_every: Steps between logged records and progress lines.
+        files: The open log, metrics and TensorBoard files (rank 0).
+        window: The terms summed since the last logged step.
+        loss_watch: The running loss level: jump warnings and whether a checkpoint counts as stable.
+        stop: A pending SIGTERM/SIGINT.
+        owns_process_group: ``start_run`` joined the process group (``finish_run`` leaves it).
     """
 
     run_dir: Path
@@ -125,21 +252,11 @@ class Run:
     state: dict[str, Any] | None
     log_every: int
     config: dict[str, Any] = field(repr=False, default_factory=dict)
-    _metrics: Any = field(default=None, repr=False)
-    _writer: Any = field(default=None, repr=False)
-    _log_handler: logging.Handler | None = field(default=None, repr=False)
-    _signal: list[int] = field(default_factory=lambda: [0], repr=False)
-    _previous_handlers: dict[int, Any] = field(default_factory=dict, repr=False)
-    _window: dict[str, float] = field(default_factory=dict, repr=False)
-    _window_steps: int = 0
-    _window_images: int = 0
-    _window_start: float = field(default_factory=time.perf_counter, repr=False)
-    _loop_start: tuple[float, int] | None = field(default=None, repr=False)
-    _previous_level: int = field(default=logging.NOTSET, repr=False)
-    _recent_losses: deque = field(default_factory=lambda: deque(maxlen=50), repr=False)
-    _loss_stable: bool = True
-    _jump_warned_at: int | None = None
-    _owns_process_group: bool = False
+    files: RunFiles = field(default_factory=lambda: RunFiles(), repr=False)
+    window: MetricsWindow = field(default_factory=lambda: MetricsWindow(), repr=False)
+    loss_watch: LossWatch = field(default_factory=lambda: LossWatch(), repr=False)
+    stop: StopSignal = field(default_factory=lambda: StopSignal(), repr=False)
+    owns_process_group: bool = False
 
     @property
     def main(self) -> bool:
@@ -302,16 +419,18 @@ def start_run(
                                        run_dir / "checkpoints" / "last.pt")
     run = Run(run_dir=run_dir, recipe=recipe, device=torch_device, amp_dtype=amp_dtype, rank=rank,
               world_size=world_size, local_rank=local_rank, state=state, log_every=max(1, int(log_every)),
-              config=config, _owns_process_group=owns_group)
+              config=config, owns_process_group=owns_group)
     if run.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         sweep_temporary_files(run_dir / "checkpoints")
         sweep_temporary_files(run_dir)
         save_config(resolved_config if resolved_config is not None else config, run_dir / "config.yaml")
-        run._log_handler = logging.FileHandler(run_dir / "train.log")
-        run._log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        logger.addHandler(run._log_handler)
-        run._previous_level = logger.level
+        run.files.log_handler = logging.FileHandler(run_dir / "train.log")
+        run.files.log_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        logger.addHandler(run.files.log_handler)
+        run.files.previous_level = logger.level
+        stable = run_dir / "checkpoints" / "stable.pt"
+        run.loss_watch.stable_iteration = _checkpoint_iteration(stable) if stable.is_file() else None
         if logger.getEffectiveLevel() > logging.INFO:  # train.log gets the progress lines even without logging set up
             logger.setLevel(logging.INFO)
         metrics_path = run_dir / "metrics.jsonl"
@@ -327,28 +446,17 @@ def start_run(
             logger.warning("%s held metrics of an earlier run that saved no checkpoint; starting it afresh",
                            metrics_path)
             atomic_write_text(metrics_path, "")
-        run._metrics = metrics_path.open("a", encoding="utf-8")
+        run.files.metrics = metrics_path.open("a", encoding="utf-8")
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                run._writer = SummaryWriter(str(run_dir / "tensorboard"))
+                run.files.writer = SummaryWriter(str(run_dir / "tensorboard"))
             except ImportError:
                 logger.warning("train.tensorboard=true but tensorboard is not installed (pip install "
                                "'densessl[tensorboard]'); logging to metrics.jsonl only")
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        run._previous_handlers[signum] = signal.signal(signum, _signal_handler(run))
+    run.stop.install()
     return run
-
-
-def _signal_handler(run: Run) -> Callable[[int, Any], None]:
-    def handle(signum: int, frame: Any) -> None:
-        if run._signal[0]:  # a second signal: stop now
-            raise KeyboardInterrupt
-        run._signal[0] = signum
-        logger.warning("received signal %d: saving a checkpoint at the end of this step, then stopping", signum)
-
-    return handle
 
 
 def finish_run(run: Run) -> None:
@@ -358,23 +466,11 @@ def finish_run(run: Run) -> None:
     exits with the group alive can abort in the C++ teardown ("terminate called without an active exception",
     SIGABRT; pytorch/pytorch#190489), and ``torchrun`` then kills its peers mid-save.
     """
-    for signum, handler in run._previous_handlers.items():
-        signal.signal(signum, handler)
-    run._previous_handlers.clear()
-    if run._metrics is not None:
-        run._metrics.close()
-        run._metrics = None
-    if run._writer is not None:
-        run._writer.close()
-        run._writer = None
-    if run._log_handler is not None:
-        logger.setLevel(run._previous_level)
-        logger.removeHandler(run._log_handler)
-        run._log_handler.close()
-        run._log_handler = None
-    if run._owns_process_group and dist.is_initialized():
+    run.stop.restore()
+    run.files.close()
+    if run.owns_process_group and dist.is_initialized():
         dist.destroy_process_group()
-        run._owns_process_group = False
+        run.owns_process_group = False
 
 
 def wrap_distributed(run: Run, model: nn.Module, find_unused_parameters: bool = False) -> nn.Module:
@@ -460,13 +556,8 @@ def optimizer_step(
             if run.distributed:  # every rank must agree, or the others would hang in the next collective
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)
             if not bool(finite):
-                values = {k: float(v.detach()) for k, v in out.items()}
                 optimizer.zero_grad(set_to_none=True)
-                raise NonFiniteLossError(
-                    f"non-finite loss at iteration {iteration + 1}: {values}. No optimizer step was taken. "
-                    f"{_restore_stable_checkpoint(run)}Lower the learning rate, set a gradient clip, or use fp32/bf16 "
-                    f"instead of fp16, then resume"
-                )
+                raise NonFiniteLossError(iteration + 1, {k: float(v.detach()) for k, v in out.items()})
             scaler.scale(loss / count).backward()
         for key, value in out.items():
             sums[key] = sums.get(key, 0.0) + value.detach().float() / count
@@ -476,35 +567,14 @@ def optimizer_step(
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
-    _watch_loss(run, iteration + 1, float(sums["loss"]))
+    jump = run.loss_watch.observe(iteration + 1, float(sums["loss"]))
+    if jump is not None:
+        stable = run.loss_watch.stable_iteration
+        where = (f"{run.run_dir / 'checkpoints' / 'stable.pt'} (iteration {stable}) is the last checkpoint written "
+                 "before it" if run.main and stable is not None else "no checkpoint was written before it")
+        logger.warning("loss %.4g at iteration %d is %.3g times its running level %.4g: the run may be diverging; "
+                       "%s", float(sums["loss"]), iteration + 1, jump[0], jump[1], where)
     return sums
-
-
-# A loss this many times its running level (median |loss| over the last steps) is a jump: warn, the run may diverge.
-JUMP_FACTOR = 10.0
-# A checkpoint written while the loss is within this factor of its running level counts as stable.
-STABLE_FACTOR = 3.0
-
-
-def _watch_loss(run: Run, iteration: int, loss: float) -> None:
-    """Track the running loss level; warn once per jump and mark whether the current weights look stable."""
-    recent = run._recent_losses
-    if len(recent) >= 10:
-        level = max(statistics.median(abs(v) for v in recent), 1e-6)
-        ratio = abs(loss) / level
-        run._loss_stable = ratio <= STABLE_FACTOR
-        if ratio > JUMP_FACTOR and run._jump_warned_at is None:
-            run._jump_warned_at = iteration
-            stable = run.run_dir / "checkpoints" / "stable.pt"
-            where = (f"{stable} (iteration {_checkpoint_iteration(stable)}) is the last checkpoint written before it"
-                     if run.main and stable.is_file() else "no checkpoint was written before it")
-            logger.warning("loss %.4g at iteration %d is %.3g times its running level %.4g: the run may be diverging; "
-                           "%s", loss, iteration, ratio, level, where)
-        elif ratio <= STABLE_FACTOR:
-            run._jump_warned_at = None
-        if ratio > STABLE_FACTOR:
-            return  # keep the running level free of the jump
-    recent.append(loss)
 
 
 def _checkpoint_iteration(path: Path) -> int | str:
@@ -514,27 +584,28 @@ def _checkpoint_iteration(path: Path) -> int | str:
         return "?"
 
 
-def _restore_stable_checkpoint(run: Run) -> str:
-    """After a non-finite loss: put the last stable checkpoint back as ``last.pt`` if a later one was written since.
-
-    Returns the sentence for the error message.
-    """
+def fall_back_to_stable(run: Run, error: NonFiniteLossError) -> NonFiniteLossError:
+    """The non-finite-loss policy of every recipe: put the last stable checkpoint back as ``last.pt`` when a later one
+    was written since (that one is kept as ``diverged.pt``), so that ``--resume`` continues from weights that were not
+    yet diverging; returns ``error`` with a sentence saying which checkpoint ``--resume`` will use."""
     checkpoints = run.run_dir / "checkpoints"
     last, stable = checkpoints / "last.pt", checkpoints / "stable.pt"
     if not run.main or not last.is_file():
-        return "No checkpoint was written yet. "
-    if not stable.is_file() or os.path.samefile(last, stable):
-        return f"The last good checkpoint is {str(last)!r}. "
-    os.replace(last, checkpoints / "diverged.pt")
-    shutil.copyfile(stable, last)
-    return (f"The checkpoints written after the loss left its running level were kept as diverged.pt; "
-            f"{str(last)!r} now holds iteration {_checkpoint_iteration(last)} from before (stable.pt), so --resume "
-            f"continues from there. ")
+        note = "No checkpoint was written yet. "
+    elif not stable.is_file() or os.path.samefile(last, stable):
+        note = f"The last good checkpoint is {str(last)!r}. "
+    else:
+        os.replace(last, checkpoints / "diverged.pt")
+        shutil.copyfile(stable, last)
+        note = (f"The checkpoints written after the loss left its running level were kept as diverged.pt; "
+                f"{str(last)!r} now holds iteration {_checkpoint_iteration(last)} from before (stable.pt), so "
+                f"--resume continues from there. ")
+    return NonFiniteLossError(error.iteration, error.values, note)
 
 
 def stop_requested(run: Run) -> int:
     """The signal number of a pending SIGTERM/SIGINT on any rank (0 if none); call once per step on every rank."""
-    signum = run._signal[0]
+    signum = run.stop.signum
     if run.distributed:
         flag = torch.tensor(float(signum), device=run.device)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -563,14 +634,14 @@ def _mean_over_ranks(run: Run, values: dict[str, float]) -> dict[str, float]:
 
 def log_record(run: Run, record: dict[str, Any], tensorboard_prefix: str = "train") -> None:
     """Append ``record`` (must hold ``iteration``) to metrics.jsonl and TensorBoard (rank 0)."""
-    if not run.main or run._metrics is None:
+    if not run.main or run.files.metrics is None:
         return
-    run._metrics.write(json.dumps(record) + "\n")
-    run._metrics.flush()
-    if run._writer is not None:
+    run.files.metrics.write(json.dumps(record) + "\n")
+    run.files.metrics.flush()
+    if run.files.writer is not None:
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "iteration":
-                run._writer.add_scalar(f"{tensorboard_prefix}/{key}", value, record["iteration"])
+                run.files.writer.add_scalar(f"{tensorboard_prefix}/{key}", value, record["iteration"])
 
 
 def log_step(
@@ -592,24 +663,19 @@ def log_step(
     Returns:
         The record written (``None`` when this step was not a logging step).
     """
-    if run._loop_start is None:
-        run._loop_start = (time.perf_counter(), iteration - 1)
-    for key, value in terms.items():
-        run._window[key] = run._window.get(key, 0.0) + float(value)
-    run._window_steps += 1
-    run._window_images += images
+    run.window.add(iteration, terms, images)
     if iteration % run.log_every and iteration != total:
         return None
-    elapsed = time.perf_counter() - run._window_start
-    averaged = _mean_over_ranks(run, {k: v / run._window_steps for k, v in run._window.items()})
+    means, images_per_s = run.window.take()
+    averaged = _mean_over_ranks(run, means)
     record: dict[str, Any] = {"iteration": iteration}
     if steps_per_epoch:
         record["epoch"] = iteration / steps_per_epoch
     record.update(averaged)
-    record.update({"lr": lr, "images_per_s": run._window_images / max(elapsed, 1e-9)})
+    record.update({"lr": lr, "images_per_s": images_per_s})
     record.update(extra or {})
     log_record(run, record)
-    start_time, start_iteration = run._loop_start
+    start_time, start_iteration = run.window.loop_start  # type: ignore[misc]  (set by add)
     run_elapsed = time.perf_counter() - start_time
     done = iteration - start_iteration
     eta = run_elapsed / max(done, 1) * (total - iteration)
@@ -617,7 +683,6 @@ def log_step(
         logger.info("iteration %d/%d (%d%%) | loss %.4f | lr %.3g | %.1f img/s | elapsed %s | ETA %s", iteration,
                     total, 100 * iteration // max(total, 1), record.get("loss", math.nan), lr,
                     record["images_per_s"], _format_duration(run_elapsed), _format_duration(eta))
-    run._window, run._window_steps, run._window_images, run._window_start = {}, 0, 0, time.perf_counter()
     return record
 
 
@@ -705,8 +770,9 @@ def save_checkpoint(run: Run, iteration: int, parts: dict[str, Any], path: str |
         os.replace(tmp_target, target)
     else:
         atomic_torch_save(state, target)
-    if path is None and run._loss_stable:
+    if path is None and run.loss_watch.stable:
         _link_stable(target)
+        run.loss_watch.stable_iteration = int(iteration)
     return target
 
 

@@ -260,8 +260,11 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
                 for views in micro_batches:
                     skipped = views.extras.pop("skipped")
                     skipped_files.update(skipped[skipped >= 0].tolist())
-                terms = engine.optimizer_step(run, model, optimizer, scaler, enumerate(micro_batches), forward,
-                                              iteration=step, clip_grad=cfg.optim.clip_grad)
+                try:
+                    terms = engine.optimizer_step(run, model, optimizer, scaler, enumerate(micro_batches), forward,
+                                                  iteration=step, clip_grad=cfg.optim.clip_grad)
+                except NonFiniteLossError as error:
+                    raise engine.fall_back_to_stable(run, error) from None
                 if pretrainer.teacher_backbone is not None:
                     pretrainer.update_teacher(pretrainer.objective.momentum_at(step, total_steps))
                 step += 1
