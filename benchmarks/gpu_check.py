@@ -432,7 +432,7 @@ class Checker:
         self.compare_with_fp32(result, state, tolerance=1e-2)
 
     def augment_on_device(self, result: StepResult) -> None:
-        from densessl.config import DataConfig
+        from densessl.train.config import DataConfig
 
         if "augment_on" not in {f.name for f in dataclasses.fields(DataConfig)}:
             result.status = "skipped"

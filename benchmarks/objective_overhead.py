@@ -45,15 +45,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-
 from _common import finish_info, interleaved, machine_info, machine_line, median, summary, table, write_json
+
 from densessl.backbones import DenseBackbone, DenseFeatures, encode_views
-from densessl.config import OptimConfig
 from densessl.data.collate import Views, collate_views
 from densessl.data.synthetic import render_scene
 from densessl.data.transforms import MultiCrop, MultiCropConfig
 from densessl.objectives import OBJECTIVES
 from densessl.objectives.momentum import ema_update, frozen_copy
+from densessl.train.config import OptimConfig
 from densessl.train.optim import build_optimizer
 from densessl.train.pretrain import compile_in_place
 

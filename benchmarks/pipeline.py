@@ -59,9 +59,9 @@ if "--no-lightly" not in sys.argv:
 
 import numpy as np
 import torch
+from _common import finish_info, interleaved, machine_info, machine_line, median, summary, table, write_json
 from PIL import Image
 
-from _common import finish_info, interleaved, machine_info, machine_line, median, summary, table, write_json
 from densessl.data.collate import collate_views
 from densessl.data.device_augment import DeviceAugment
 from densessl.data.pretrain_data import ImageFolder, PretrainDataset
@@ -158,7 +158,7 @@ def part_end_to_end(root: Path, sizes: list[str], steps: int, repeats: int) -> d
 
 def train_rate(folder: Path, run_dir: Path, steps: int, overrides: list[str]) -> float:
     """Median per-step images/s (loading included) of a short CPU pretraining run, first step dropped."""
-    from densessl.config import load_config
+    from densessl.train.config import load_config
     from densessl.train.pretrain import train
 
     cfg = load_config(None, ["model.arch=resnet18", "data.source=folder", f"data.root={folder}", "data.batch_size=8",

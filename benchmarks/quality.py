@@ -218,9 +218,9 @@ def check_reused_run(run_dir: Path, config: str, settings: list[str]) -> None:
         return
     import yaml
 
-    from densessl.config import load_config
     from densessl.config_io import flatten
     from densessl.schema import to_dict
+    from densessl.train.config import load_config
 
     saved = flatten(yaml.safe_load(saved_path.read_text()) or {})
     wanted = flatten(to_dict(load_config(ROOT / config, settings)))
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     name = f"quality{data_name}" + ("" if args.arch == "resnet18" else f"_{args.arch}")
     work_dir = (args.work_dir or HERE / "runs" / name).absolute()
     if data_root is not None and args.epochs is None:
-        from densessl.config import load_config
+        from densessl.train.config import load_config
 
         pool = scene_pool(data_root, work_dir)
         recipe = ROOT / f"configs/pretrain/vicregl_{args.arch}_scenes.yaml"

@@ -300,9 +300,9 @@ def test_range_fields_of_a_config_built_in_python() -> None:
 
 def test_every_range_of_the_shipped_schemas_holds_for_its_defaults() -> None:
     """The defaults are valid, and a bound that was only a combined hand check before names its own key now."""
-    from densessl.config import Config
     from densessl.det.finetune import DetConfig
     from densessl.seg.config import EvalSegConfig
+    from densessl.train.config import Config
 
     for cls in (Config, EvalSegConfig, DetConfig):
         validate_config(cls())

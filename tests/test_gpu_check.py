@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from densessl.config import DataConfig
+from densessl.train.config import DataConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

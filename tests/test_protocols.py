@@ -202,7 +202,7 @@ def test_continue_a_published_global_model_with_vicregl_and_compare_with_a_card(
 
     import timm
 
-    from densessl.config import load_config
+    from densessl.train.config import load_config
     from densessl.train.pretrain import train
 
     vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0)

@@ -53,8 +53,8 @@ def test_pretrain_set_reaches_the_training_command(tmp_path: Path, monkeypatch: 
 
 def test_a_cached_run_of_other_settings_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture[str]) -> None:
-    from densessl.config import load_config
     from densessl.config_io import save_config
+    from densessl.train.config import load_config
 
     commands = []
     monkeypatch.setattr(quality, "run", lambda cmd, log, threads: commands.append(cmd))

@@ -135,7 +135,7 @@ def test_training_checkpoint_gives_the_student_backbone(tmp_path: Path, layout: 
 
 
 def test_checkpoint_of_a_real_tiny_pretraining_run(tmp_path: Path) -> None:
-    from densessl.config import load_config
+    from densessl.train.config import load_config
     from densessl.train.pretrain import train
 
     result = train(load_config(TINY, ["train.max_iters=2"]), tmp_path / "run")

@@ -23,7 +23,7 @@ def _report(result: Any, cfg: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from densessl.config import load_config
+    from densessl.train.config import load_config
     from densessl.train.pretrain import NonFiniteLossError, train
 
     return training_main(

@@ -18,7 +18,7 @@ Differences from the reference transform:
 
 Every random choice of one image's views is drawn first (``MultiCrop.plan``: windows, flips and photometric draws,
 from the image size alone, in the order the reference draws them) and then applied (``MultiCrop.apply``). That split
-serves two options of the pretraining data (``data.*`` in ``densessl.config``):
+serves two options of the pretraining data (``data.*`` in ``densessl.train.config``):
 
     * ``augment_on="device"``: the loader keeps only the geometric half (crop, resample, flip) and returns **uint8**
       crops; ``densessl.data.device_augment`` applies the photometric half batched on the training device. The plan

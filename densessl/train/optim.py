@@ -22,8 +22,8 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from densessl.config import OptimConfig
 from densessl.optim_rules import decay_factor, param_groups
+from densessl.train.config import OptimConfig
 
 __all__ = ["LARS", "param_groups", "build_optimizer", "lr_at", "peak_lr", "detectron2_lr_factor"]
 

@@ -30,7 +30,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from densessl.backbones import DenseBackbone, encode_views
-from densessl.config import Config
 from densessl.data.collate import Views, collate_views
 from densessl.data.device_augment import DeviceAugment, augment_seed
 from densessl.data.pretrain_data import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
@@ -40,6 +39,7 @@ from densessl.objectives import OBJECTIVES
 from densessl.objectives.momentum import ema_update, frozen_copy
 from densessl.schema import to_dict
 from densessl.train import engine
+from densessl.train.config import Config
 from densessl.train.engine import NonFiniteLossError, ResumeMode
 from densessl.train.optim import build_optimizer, lr_at
 from densessl.weights import save_backbone
@@ -119,7 +119,7 @@ def train(
     """Pretrain a backbone with ``cfg.method`` and export it.
 
     Args:
-        cfg: A validated config (``densessl.config.load_config``).
+        cfg: A validated config (``densessl.train.config.load_config``).
         run_dir: Output folder.
         resume: ``"no"`` (the folder must not hold a run), ``"yes"`` (continue from its checkpoint) or ``"auto"``
             (continue if there is one); ``True``/``False`` mean yes/no.

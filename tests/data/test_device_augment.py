@@ -209,7 +209,7 @@ def test_same_resolution_for_global_and_local_views_keeps_per_view_parity() -> N
 
 
 def test_two_device_augment_runs_with_one_seed_give_identical_losses(tmp_path: Path) -> None:
-    from densessl.config import load_config
+    from densessl.train.config import load_config
     from densessl.train.pretrain import train
 
     losses = []

@@ -18,11 +18,11 @@ import pytest
 import torch
 from PIL import Image
 
-from densessl.config import load_config
 from densessl.data.collate import collate_views
 from densessl.data.images import ImageLoadError
 from densessl.data.pretrain_data import ImageFolder, PretrainDataset
 from densessl.data.transforms import MultiCrop, MultiCropConfig
+from densessl.train.config import load_config
 from densessl.train.pretrain import train
 
 ROOT = Path(__file__).resolve().parents[2]

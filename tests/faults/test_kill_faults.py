@@ -54,7 +54,7 @@ def replace(src, dst, *args, **kwargs):
 
 torch.save, os.replace = save, replace
 if recipe == "pretrain":
-    from densessl.config import load_config
+    from densessl.train.config import load_config
     from densessl.train.pretrain import train
     train(load_config(config, overrides), run_dir, resume="auto")
 else:

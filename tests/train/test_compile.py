@@ -16,8 +16,8 @@ import torch
 import torch._dynamo
 
 from densessl.cli.train import main as train_main
-from densessl.config import load_config
 from densessl.schema import ConfigError
+from densessl.train.config import load_config
 from densessl.train.engine import load_checkpoint
 from densessl.train.pretrain import CompileFailedError, train
 

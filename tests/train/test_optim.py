@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from densessl.config import OptimConfig
+from densessl.train.config import OptimConfig
 from densessl.train.optim import LARS, lr_at
 
 

@@ -15,7 +15,7 @@ import timm
 import torch
 from PIL import Image
 
-from densessl.config import load_config
+from densessl.train.config import load_config
 from densessl.train.engine import ResumeError, load_checkpoint
 from densessl.train.pretrain import NonFiniteLossError, train
 
@@ -31,7 +31,7 @@ def _run_cli(*args: str, env: dict | None = None, timeout: int = 300) -> subproc
 
 KILLED_RUN = """
 import os, signal, sys
-from densessl.config import load_config
+from densessl.train.config import load_config
 from densessl.train.pretrain import train
 config, run_dir, kill_after, overrides = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 kill = lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == kill_after else None

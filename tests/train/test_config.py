@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from densessl.config import Config, load_config
 from densessl.schema import ConfigError
+from densessl.train.config import Config, load_config
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "pretrain").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "pretrain").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -28,7 +28,7 @@ def test_a_scene_recipe_without_its_image_folder_names_the_key() -> None:
 
 
 def test_official_resnet50_recipe_values() -> None:
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs/pretrain/vicregl_resnet50_imagenet.yaml")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs/pretrain/vicregl_resnet50_imagenet.yaml")
     assert (cfg.optim.name, cfg.optim.base_lr, cfg.optim.weight_decay, cfg.data.batch_size) == ("lars", 0.2, 1e-6, 2048)
     assert cfg.vicregl.alpha == 0.75 and tuple(cfg.vicregl.num_matches) == (20, 4) and cfg.train.epochs == 300
     assert cfg.vicregl.inv_coeff == 25.0 and cfg.vicregl.var_coeff == 25.0 and cfg.vicregl.cov_coeff == 1.0
@@ -64,8 +64,8 @@ def test_fixed_choices_are_checked_by_the_loader_with_a_suggestion() -> None:
 
 def test_method_choices_agree_with_the_objective_registry() -> None:
     """``Config.method`` is a Literal for the loader; the objectives live in ``OBJECTIVES``: both must list the same."""
-    from densessl.config import METHODS
     from densessl.objectives import OBJECTIVES
+    from densessl.train.config import METHODS
 
     assert sorted(METHODS) == sorted(OBJECTIVES)
     hints = typing.get_type_hints(Config)
@@ -96,7 +96,7 @@ def test_literal_choices_agree_with_the_code_that_uses_them() -> None:
     assert choices(EvalSegConfig, "dataset") == set(SEGMENTATION_DATASETS)
 
 
-DET_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "detection").glob("*.yaml"))
+DET_CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "detection").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("path", DET_CONFIGS, ids=lambda p: p.name)
