@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = ["is_distributed", "get_rank", "get_world_size", "is_main_process", "all_gather_with_grad",
-           "concat_all_gather", "derive_seed"]
+           "concat_all_gather", "derive_seed", "resolve_device"]
 
 
 def is_distributed() -> bool:
@@ -109,3 +109,31 @@ def derive_seed(*keys: int, bits: int = 63) -> int:
         raise ValueError(f"bits must be 63 or 64, got {bits}")
     word = int(np.random.SeedSequence([int(key) for key in keys]).generate_state(1, dtype=np.uint64)[0])
     return word >> (64 - bits)
+
+
+def resolve_device(name: str | None, option: str = "--device") -> torch.device:
+    """The device named ``name`` (``None`` or ``"auto"``: CUDA when available, else the CPU), checked to exist here.
+
+    Raises:
+        ValueError: Not a device name, or one this machine does not have; the message starts with ``option`` (the
+            flag or config key that named it) and gives the fix.
+    """
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cpu = f"{option} cpu" if option.startswith("--") else f"{option}=cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{option} {name!r} is not a device name; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{option} {name}: CUDA is not available on this machine (torch.cuda.is_available() is "
+                             f"False); use {cpu}")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{option} {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use "
+                             f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    elif device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"{option} {name}: MPS is not available on this machine; use {cpu}")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"{option} {name}: unsupported device type {device.type!r}; use cpu or cuda")
+    return device

@@ -11,11 +11,31 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from densessl.atomic import DiskFullError
 
 EXIT_OK, EXIT_USAGE, EXIT_NON_FINITE, EXIT_STOPPED = 0, 2, 3, 130
+
+
+RESUME_MODES = ("yes", "auto")
+
+
+def add_resume_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--resume`` (= ``yes``) or ``--resume auto``; parse with :func:`explicit_resume` so that it never takes the
+    next argument (an override, the config) as its value."""
+    parser.add_argument("--resume", nargs="?", const="yes", default="no", choices=RESUME_MODES, help=help)
+
+
+def explicit_resume(argv: Sequence[str] | None) -> list[str]:
+    """``argv`` with every bare ``--resume`` not followed by one of its modes written ``--resume=yes``.
+
+    argparse gives an optional-value flag the next word when it does not look like an option, so ``--resume
+    train.epochs=4`` would read ``train.epochs=4`` as the resume mode.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    return [("--resume=yes" if arg == "--resume" and (i + 1 == len(args) or args[i + 1] not in RESUME_MODES) else arg)
+            for i, arg in enumerate(args)]
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
@@ -24,9 +44,8 @@ def add_run_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None
                                        "a config shipped with densessl such as pretrain/vicregl_resnet18_synthetic.yaml")
     parser.add_argument("overrides", nargs="*", help="config overrides as key.sub=value, e.g. optim.base_lr=0.3")
     parser.add_argument("--output-dir", help=f"run directory (default: {default_dir}/<config name>)")
-    parser.add_argument("--resume", nargs="?", const="yes", default="no", choices=("yes", "auto"),
-                        help="continue from <output-dir>/checkpoints/last.pt; '--resume auto' resumes when a "
-                             "checkpoint exists and starts otherwise (for requeued jobs)")
+    add_resume_argument(parser, "continue from <output-dir>/checkpoints/last.pt; '--resume auto' resumes when a "
+                                "checkpoint exists and starts otherwise (for requeued jobs)")
     parser.add_argument("--allow-config-change", action="store_true",
                         help="resume even if the config changes the model, batch size or crops (recorded in "
                              "resumes.jsonl)")
@@ -92,7 +111,7 @@ def training_main(
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, default_dir=default_dir)
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(explicit_resume(argv))
     rank = setup_logging()
     try:
         cfg = load(args.config, args.overrides)

@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {cfg.out}")
     except (OSError, ValueError) as error:
         message = " ".join(str(error).split())
-        print(f"eval_seg.py: error: {message}", file=sys.stderr)
+        print(f"error: densessl-eval-seg: {message}", file=sys.stderr)
         return 2
     return 0
 

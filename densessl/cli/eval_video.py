@@ -102,30 +102,6 @@ def _settings(args: argparse.Namespace) -> PropagationSettings:
         raise ValueError(f"{_SETTING_FLAGS.get(field, field)} {str(error).split(':', 1)[-1].strip()}") from None
 
 
-def _device(name: str | None) -> torch.device:
-    """The device to run on; an unavailable one is a ``ValueError`` naming the fix."""
-    import torch
-
-    if name is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"--device {name!r} is not a device name; use cpu, cuda or cuda:N") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine (torch.cuda.is_available() is "
-                             "False); use --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s); use "
-                             f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
-    elif device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    elif device.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"--device {name}: unsupported device type {device.type!r}; use cpu or cuda")
-    return device
-
-
 def _check_mask_folder(folder: str) -> None:
     """Fail before any compute when masks could not be written under ``folder``."""
     path = Path(folder).absolute()
@@ -225,11 +201,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from densessl.backbones import DenseBackbone
+    from densessl.dist import resolve_device
     from densessl.video.davis import read_davis
     from densessl.video.metrics import summarize
     from densessl.weights import read_backbone_weights, resolve_arch
 
-    device = _device(args.device)
+    device = resolve_device(args.device)
     if args.num_threads:
         torch.set_num_threads(args.num_threads)
     if args.weights not in ("random", "first-frame") and not os.path.exists(args.weights):

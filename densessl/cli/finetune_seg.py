@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from densessl.cli.common import add_resume_argument, explicit_resume
+
 PLUGIN = "densessl.seg.mmseg_plugin"
 
 
@@ -107,12 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
                         help="override config keys, e.g. model.backbone.weights=runs/x/backbone.pt "
                              "train_cfg.max_iters=1000")
-    parser.add_argument("--resume", nargs="?", const="yes", default="no", choices=("yes", "auto"),
-                        help="continue from the last checkpoint in --work-dir; '--resume auto' resumes when there is "
-                             "one and starts otherwise (for requeued jobs)")
+    add_resume_argument(parser, "continue from the last checkpoint in --work-dir; '--resume auto' resumes when "
+                                "there is one and starts otherwise (for requeued jobs)")
     parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                         help="distributed launcher (default: none, a single process)")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(explicit_resume(argv))
 
     args.config = resolve_config_path(args.config)
     if not os.path.isfile(args.config):

@@ -36,6 +36,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from densessl.cli.common import add_resume_argument, explicit_resume
+
 if TYPE_CHECKING:  # the heavy imports (torch) wait until they are needed, so that --help is quick
     from densessl.protocols import ProtocolCard
 
@@ -59,8 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="write the comparison and the run's results as JSON to this file")
     parser.add_argument("--output-dir", help="detection run directory (default runs/reproduce/<card name>; "
                                              "a temporary folder for --smoke)")
-    parser.add_argument("--resume", nargs="?", const="yes", default="no", choices=("yes", "auto"),
-                        help="detection: continue the run in --output-dir")
+    add_resume_argument(parser, "detection: continue the run in --output-dir")
     parser.add_argument("--list", action="store_true", help="list the shipped cards and exit")
     parser.add_argument("--print-card", action="store_true",
                         help="print the resolved card (with --smoke and overrides applied) as YAML and exit")
@@ -295,7 +296,7 @@ def _list_cards() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_intermixed_args(argv)
+    args = parser.parse_intermixed_args(explicit_resume(argv))
     from densessl.atomic import DiskFullError, atomic_write_json
     from densessl.cli.common import check_output_path, print_config, setup_logging
     from densessl.data.images import ImageLoadError

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from densessl.backbones import DenseBackbone
+from densessl.dist import resolve_device
 from densessl.seg.config import EvalSegConfig
 from densessl.seg.dataset import SegmentationDataset
 from densessl.seg.knn import run_knn
@@ -58,7 +59,7 @@ def evaluate(cfg: EvalSegConfig) -> dict[str, Any]:
     assert cfg.weights is not None  # for type checkers: missing() is empty
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    device = cfg.features.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(cfg.features.device, "--device"))
     protocol_cfg = cfg.protocol_config(device)
     weights = None
     if cfg.weights != "random":  # checked before the (possibly slow) dataset scan

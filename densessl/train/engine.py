@@ -62,6 +62,7 @@ from torch import Tensor, nn
 
 from densessl.atomic import atomic_torch_save, atomic_write_text, sweep_temporary_files
 from densessl.config_io import flatten, save_config
+from densessl.dist import resolve_device
 from densessl.safe_load import load_plain, verify_torch_zip
 
 __all__ = [
@@ -290,12 +291,8 @@ def _init_distributed(device_name: str) -> tuple[int, int, int]:
 
 
 def _resolve_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = resolve_device(name, "train.device")
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError("train.device=cuda but no CUDA device is available; use train.device=cpu")
         device = torch.device("cuda", local_rank if device.index is None else device.index)
         torch.cuda.set_device(device)
     return device

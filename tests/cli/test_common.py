@@ -1,0 +1,64 @@
+"""The conventions every console command shares (densessl.cli.common): --resume never takes the next argument, and an
+unavailable device is one error line naming the command, exit 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from densessl.cli import common
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY = ROOT / "configs" / "pretrain" / "_tiny_test.yaml"
+TINY_DET = ROOT / "configs" / "detection" / "faster_rcnn_fpn_r18_synthetic.yaml"
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+
+
+def test_explicit_resume_writes_a_bare_resume_as_yes() -> None:
+    assert common.explicit_resume(["cfg.yaml", "--resume", "train.epochs=4"]) == [
+        "cfg.yaml", "--resume=yes", "train.epochs=4"]
+    assert common.explicit_resume(["--resume", "auto", "x=1"]) == ["--resume", "auto", "x=1"]
+    assert common.explicit_resume(["--resume"]) == ["--resume=yes"]
+    assert common.explicit_resume(["--resume", "--allow-config-change"]) == ["--resume=yes", "--allow-config-change"]
+
+
+@pytest.mark.parametrize(("module", "config", "override", "printed"), [
+    ("densessl.cli.train", TINY, "train.epochs=4", "epochs: 4"),
+    ("densessl.cli.finetune_det", TINY_DET, "optim.lr=0.004", "lr: 0.004"),
+])
+def test_resume_does_not_swallow_the_next_override(module: str, config: Path, override: str, printed: str,
+                                                   tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    main = importlib.import_module(module).main
+    assert main([str(config), "--output-dir", str(tmp_path / "run"), "--resume", override, "--print-config"]) == 0
+    assert printed in capsys.readouterr().out
+    assert main([str(config), "--resume", "auto", override, "--print-config"]) == 0  # a mode is still a mode
+    assert printed in capsys.readouterr().out
+
+
+@NO_CUDA
+def test_eval_seg_on_an_unavailable_device_is_one_error_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from densessl.cli.eval_seg import main
+
+    code = main(["--weights", "random", "--arch", "resnet18", "--dataset", "synthetic", "--protocol", "knn",
+                 "--device", "cuda", "--synthetic-train", "2", "--synthetic-val", "1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1
+    assert err[0].startswith("error: densessl-eval-seg: --device cuda: CUDA is not available"), err
+
+
+@NO_CUDA
+@pytest.mark.parametrize(("card", "override", "key"), [
+    ("dino_vits16_voc_knn", "seg.features.device=cuda", "--device cuda"),
+    ("densecl_r50_voc_det_c4", "detection.train.device=cuda", "train.device cuda"),
+])
+def test_reproduce_on_an_unavailable_device_is_one_error_line(card: str, override: str, key: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from densessl.cli.reproduce import main
+
+    code = main([card, "--smoke", "--weights", "random", override])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {key}: CUDA is not available"), err
