@@ -23,7 +23,7 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import timm
 import torch
@@ -34,7 +34,8 @@ from densessl.convert import unknown_arch_message
 from densessl.data.collate import Views
 from densessl.weights import BackboneWeights, load_backbone_weights, read_backbone_weights
 
-__all__ = ["DenseBackbone", "DenseFeatures", "encode_views", "load_backbone_weights", "normalize_levels"]
+__all__ = ["DenseBackbone", "DenseFeatureExtractor", "DenseFeatures", "encode_views", "load_backbone_weights",
+           "normalize_levels"]
 
 logger = logging.getLogger("densessl")
 
@@ -77,12 +78,34 @@ def normalize_levels(levels: Sequence[int], count: int, arch: str) -> list[int]:
     return [int(level) % count for level in levels]
 
 
+class DenseFeatureExtractor(Protocol):
+    """What densessl needs of a backbone (``DenseBackbone`` is one; any ``nn.Module`` with these works).
+
+    Attributes:
+        channels: Channels of each returned map, in order (``DenseFeatures.maps[i]`` has ``channels[i]``).
+        strides: Input pixels per map cell of each returned map (32 for a ResNet's last stage, 16 for ViT-S/16).
+        num_features: Width of ``DenseFeatures.pooled``.
+        arch: A name for messages and exports (a timm model name when the weights should load into timm).
+    """
+
+    channels: list[int]
+    strides: list[int]
+    num_features: int
+    arch: str
+
+    def __call__(self, images: Tensor) -> DenseFeatures:
+        """``(B, 3, H, W)`` normalized images -> the maps and the pooled vector."""
+        ...
+
+
 class DenseBackbone(nn.Module):
     """A timm model returning ``DenseFeatures``.
 
     Args:
-        arch: timm model name (e.g. ``resnet18``, ``convnext_tiny``, ``vit_small_patch16_224``). ``None`` takes the
-            architecture the ``weights`` file states (an error if it states none).
+        arch: timm model name (e.g. ``resnet18``, ``convnext_tiny``, ``vit_small_patch16_224``), or a timm model
+            instance you built yourself (``DenseBackbone(timm.create_model("resnet50", ...))``, also
+            :meth:`from_model`). ``None`` takes the architecture the ``weights`` file states (an error if it states
+            none). A ViT instance needs ``dynamic_img_size=True`` for crops of several sizes (multi-crop).
         levels: Indices into the model's ``feature_info`` of the maps to return; negative counts from the end.
             The default ``(-1,)`` is the last stage (stride 32 for ConvNets, the last block for ViTs).
         weights: Optional local weights file (see ``densessl.weights.read_backbone_weights``), or weights already
@@ -94,13 +117,22 @@ class DenseBackbone(nn.Module):
 
     def __init__(
         self,
-        arch: str | None = None,
+        arch: str | nn.Module | None = None,
         levels: Sequence[int] = (-1,),
         weights: str | os.PathLike | BackboneWeights | None = None,
         norm_maps: bool | None = None,
         model_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        instance = arch if isinstance(arch, nn.Module) else None
+        if instance is not None:
+            if model_kwargs:
+                raise ValueError("model_kwargs are timm.create_model arguments; pass them when you build the model "
+                                 "instance, not to DenseBackbone")
+            arch = str(getattr(instance, "pretrained_cfg", {}).get("architecture") or type(instance).__name__)
+        elif arch is not None and not isinstance(arch, str):
+            raise TypeError(f"DenseBackbone takes a timm model name or a timm model instance, got "
+                            f"{type(arch).__name__}")
         read = None
         if weights is not None:
             read = weights if isinstance(weights, BackboneWeights) else read_backbone_weights(weights)
@@ -111,13 +143,23 @@ class DenseBackbone(nn.Module):
                 raise ValueError(f"weights file {str(read.path)!r} ({read.source}) states no architecture; pass --arch "
                                  "(the timm model name it was trained with, e.g. resnet50)")
             arch = read.arch
-        if not timm.is_model(arch):
-            raise ValueError(unknown_arch_message(arch))
-        kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, **(model_kwargs or {})}
         self.arch = arch
-        self.model, self.is_vit = _create_timm_model(arch, kwargs)
-        if not hasattr(self.model, "forward_intermediates"):
-            raise ValueError(f"timm model {arch!r} has no forward_intermediates(); densessl needs it for dense maps")
+        if instance is not None:
+            self.model = instance
+            self.is_vit = hasattr(instance, "patch_embed")
+            if self.is_vit and not getattr(instance, "dynamic_img_size", False):
+                logger.warning("%s was built without dynamic_img_size=True: it takes only its own input size, so "
+                               "multi-crop views of other sizes fail; build it with timm.create_model(..., "
+                               "dynamic_img_size=True)", arch)
+        else:
+            if not timm.is_model(arch):
+                raise ValueError(unknown_arch_message(arch))
+            kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0, **(model_kwargs or {})}
+            self.model, self.is_vit = _create_timm_model(arch, kwargs)
+        if not hasattr(self.model, "forward_intermediates") or not hasattr(self.model, "feature_info"):
+            raise ValueError(f"model {arch!r} has no forward_intermediates() / feature_info; densessl needs a timm "
+                             f"model (timm >= 1.0) for dense maps, or a module following "
+                             f"densessl.backbones.DenseFeatureExtractor")
         info = list(self.model.feature_info)
         self.levels = normalize_levels(levels, len(info), arch)
         self.channels = [int(info[level]["num_chs"]) for level in self.levels]
@@ -126,6 +168,13 @@ class DenseBackbone(nn.Module):
         self.norm_maps = self.is_vit if norm_maps is None else norm_maps
         if read is not None:
             load_backbone_weights(self.model, read)
+
+    @classmethod
+    def from_model(cls, model: nn.Module, levels: Sequence[int] = (-1,),
+                   weights: str | os.PathLike | BackboneWeights | None = None,
+                   norm_maps: bool | None = None) -> DenseBackbone:
+        """Wrap a timm model instance you built (any ``timm.create_model`` arguments, your own weights)."""
+        return cls(model, levels=levels, weights=weights, norm_maps=norm_maps)
 
     def forward(self, images: Tensor) -> DenseFeatures:
         """Compute dense maps and the pooled vector.

@@ -112,3 +112,27 @@ def test_vit_input_not_a_multiple_of_the_patch_is_a_clear_error() -> None:
     backbone = DenseBackbone("vit_tiny_patch16_224")
     with pytest.raises(ValueError, match=r"16x16 patches, but the input is 50x64; .* multiple of 16"):
         backbone(torch.zeros(1, 3, 50, 64))
+
+
+def test_a_timm_model_instance_is_wrapped_as_built() -> None:
+    """A lightly/timm user builds the model; DenseBackbone takes the instance (or from_model) as it is."""
+    model = timm.create_model("resnet18", pretrained=False)
+    backbone = DenseBackbone(model, levels=(-2, -1))
+    assert backbone.model is model and backbone.arch == "resnet18"
+    assert backbone.channels == [256, 512] and backbone.strides == [16, 32] and backbone.num_features == 512
+    by_name = DenseBackbone("resnet18", levels=(-2, -1))
+    by_name.model.load_state_dict(model.state_dict(), strict=False)  # the instance has a classifier, the name none
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        ours, theirs = backbone.eval()(images), by_name.eval()(images)
+    assert all(torch.equal(a, b) for a, b in zip(ours.maps, theirs.maps))
+    assert torch.equal(ours.pooled, theirs.pooled)  # pre-logits, not the 1000-class head
+    vit = DenseBackbone.from_model(timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True))
+    assert vit.is_vit and [tuple(vit(torch.randn(1, 3, s, s)).maps[0].shape) for s in (96, 64)] == [
+        (1, 192, 6, 6), (1, 192, 4, 4)]
+    with pytest.raises(TypeError, match="timm model name or a timm model instance"):
+        DenseBackbone(3)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="pass them when you build the model"):
+        DenseBackbone(model, model_kwargs={"drop_path_rate": 0.1})
+    with pytest.raises(ValueError, match="forward_intermediates"):
+        DenseBackbone(torch.nn.Conv2d(3, 8, 3))

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -80,17 +82,26 @@ class Views:
         )
 
 
-def collate_views(samples: list[CropViews]) -> Views:
+def collate_views(samples: Sequence[CropViews | tuple[CropViews, Any]]) -> Views:
     """Stack per-image views into a batch, grouping consecutive views of equal size.
 
     Args:
-        samples: ``B`` results of ``MultiCrop``, all with the same view sizes.
+        samples: ``B`` results of ``MultiCrop``, all with the same view sizes; or ``(views, target)`` pairs, as a
+            torchvision / lightly dataset with ``transform=MultiCrop(...)`` yields them: the targets are batched
+            into ``extras["target"]`` (``torch.as_tensor`` of the list; class indices give ``(B,)``).
 
     Returns:
         The batched ``Views``.
     """
     if not samples:
         raise ValueError("collate_views got an empty list of samples")
+    if isinstance(samples[0], (tuple, list)):
+        if not all(isinstance(s, (tuple, list)) and len(s) == 2 and isinstance(s[0], CropViews) for s in samples):
+            raise ValueError("collate_views takes MultiCrop results or (views, target) pairs of them; got "
+                             f"{type(samples[0][0]).__name__} in a pair (is the dataset's transform a MultiCrop?)")
+        views = collate_views([s[0] for s in samples])
+        views.extras["target"] = torch.as_tensor([s[1] for s in samples])
+        return views
     sizes = [tuple(crop.shape) for crop in samples[0].crops]
     for index, sample in enumerate(samples):
         other = [tuple(crop.shape) for crop in sample.crops]

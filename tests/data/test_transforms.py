@@ -111,6 +111,18 @@ def test_collate_rejects_mismatched_samples() -> None:
         collate_views([])
 
 
+def test_collate_takes_the_view_target_pairs_of_a_torchvision_dataset() -> None:
+    """A torchvision (or lightly) dataset with transform=MultiCrop yields (views, target); the loader batches them."""
+    from torchvision.datasets import FakeData
+
+    dataset = FakeData(size=3, image_size=(3, 80, 80), num_classes=4, transform=MultiCrop(SMALL))
+    batch = next(iter(torch.utils.data.DataLoader(dataset, batch_size=3, collate_fn=collate_views)))
+    assert [tuple(g.shape) for g in batch.images] == [(3, 2, 3, 64, 64), (3, 3, 3, 32, 32)]
+    assert batch.extras["target"].tolist() == [int(dataset[i][1]) for i in range(3)]
+    with pytest.raises(ValueError, match="is the dataset's transform a MultiCrop"):
+        collate_views([(torch.zeros(3, 8, 8), 0)])
+
+
 def test_fast_pil_photometrics_equal_torchvision() -> None:
     """The LUT hue shift, the C grayscale and the fused normalization are pixel-identical to torchvision's."""
     from densessl.data.transforms import adjust_hue_pil, grayscale_pil
