@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 import pydantic
 from pydantic_core import core_schema
 
-__all__ = ["ConfigError", "Range", "build", "check_fields", "choice_error", "fail", "to_dict", "type_error"]
+__all__ = ["ConfigError", "Range", "build", "check_fields", "check_timm_arch", "choice_error", "fail", "to_dict", "type_error"]
 
 T = TypeVar("T")
 _NoneType = type(None)
@@ -207,6 +207,17 @@ def check_node(obj: Any, path: str) -> None:
                 ranges[name].check(getattr(obj, name))
             except _OutOfRange as error:
                 raise _range_error(key, tp, error) from None
+
+
+def check_timm_arch(arch: str) -> None:
+    """For a config's ``validate()``: ``arch`` names a timm model (``"arch: unknown timm architecture ..."``), checked at
+    load, before a tool creates its run folder."""
+    import timm
+
+    from densessl.convert import unknown_arch_message
+
+    if not timm.is_model(arch):
+        raise ValueError(f"arch: {unknown_arch_message(arch)}")
 
 
 def _range_error(key: str, tp: Any, error: _OutOfRange) -> ConfigError:

@@ -54,7 +54,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
 from densessl.backbones import DenseBackbone, load_backbone_weights, normalize_levels
 from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from densessl.schema import Range
+from densessl.schema import Range, check_timm_arch
 
 __all__ = [
     "BOX_HEADS",
@@ -133,6 +133,7 @@ class ModelConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:
+        check_timm_arch(self.arch)
         if self.neck == "c4" and self.kind == "mask_rcnn":
             raise ValueError("neck: c4 is implemented for faster_rcnn only")
 

@@ -25,7 +25,7 @@ from densessl.objectives.densecl import DenseCLConfig
 from densessl.objectives.pixpro import PixProConfig
 from densessl.objectives.vicreg import VICRegConfig
 from densessl.objectives.vicregl import VICRegLConfig
-from densessl.schema import Range
+from densessl.schema import Range, check_timm_arch
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "Config", "load_config", "METHODS"]
 
@@ -46,6 +46,7 @@ class ModelConfig:
     def validate(self) -> None:
         if not self.arch:
             raise ValueError("arch: must name a timm model, e.g. resnet50")
+        check_timm_arch(self.arch)
         if not self.levels:
             raise ValueError("levels: at least one feature level is needed")
 

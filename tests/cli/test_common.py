@@ -62,3 +62,13 @@ def test_reproduce_on_an_unavailable_device_is_one_error_line(card: str, overrid
     code = main([card, "--smoke", "--weights", "random", override])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {key}: CUDA is not available"), err
+
+
+def test_an_architecture_typo_fails_at_load_before_the_run_folder_exists(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from densessl.cli.train import main
+
+    assert main([str(TINY), "model.arch=resnet19", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("config error: model.arch: unknown timm architecture 'resnet19'"), err
+    assert "did you mean: resnet18" in err[0] and not (tmp_path / "run").exists()
