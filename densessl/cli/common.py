@@ -38,11 +38,17 @@ def explicit_resume(argv: Sequence[str] | None) -> list[str]:
             for i, arg in enumerate(args)]
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, default_dir: str) -> None:
+# An override example per training tool, so that no tool's help shows another tool's keys.
+OVERRIDE_EXAMPLES = {"densessl-train": "optim.base_lr=0.3 train.epochs=20",
+                     "densessl-finetune-det": "optim.lr=0.01 train.max_iters=1000"}
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_dir: str, command: str = "densessl-train") -> None:
     """``CONFIG``, overrides, ``--output-dir``, ``--resume [auto]``, ``--allow-config-change``, ``--print-config``."""
     parser.add_argument("config", help="experiment YAML (only what differs from the defaults); a path, or the name of "
                                        "a config shipped with densessl such as pretrain/vicregl_resnet18_synthetic.yaml")
-    parser.add_argument("overrides", nargs="*", help="config overrides as key.sub=value, e.g. optim.base_lr=0.3")
+    parser.add_argument("overrides", nargs="*", help=f"config overrides as key.sub=value, e.g. "
+                                                     f"{OVERRIDE_EXAMPLES[command]}")
     parser.add_argument("--output-dir", help=f"run directory (default: {default_dir}/<config name>)")
     add_resume_argument(parser, "continue from <output-dir>/checkpoints/last.pt; '--resume auto' resumes when a "
                                 "checkpoint exists and starts otherwise (for requeued jobs)")
@@ -110,7 +116,7 @@ def training_main(
     from densessl.schema import ConfigError
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_run_arguments(parser, default_dir=default_dir)
+    add_run_arguments(parser, default_dir=default_dir, command=command)
     args = parser.parse_intermixed_args(explicit_resume(argv))
     rank = setup_logging()
     try:

@@ -72,3 +72,17 @@ def test_an_architecture_typo_fails_at_load_before_the_run_folder_exists(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("config error: model.arch: unknown timm architecture 'resnet19'"), err
     assert "did you mean: resnet18" in err[0] and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("module", "shown", "foreign"), [
+    ("densessl.cli.train", "optim.base_lr=", "train.max_iters="),
+    ("densessl.cli.finetune_det", "optim.lr=", "optim.base_lr="),
+])
+def test_help_shows_only_the_tools_own_keys(module: str, shown: str, foreign: str,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    with pytest.raises(SystemExit):
+        importlib.import_module(module).main(["--help"])
+    out = capsys.readouterr().out
+    assert shown in out and foreign not in out
