@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import glob
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -50,7 +51,7 @@ class _Loader(yaml.SafeLoader):
 
 
 class _Dumper(yaml.SafeDumper):
-    """Safe dumper that quotes the strings ``_Loader`` would read as floats."""
+    """Quotes the strings ``_Loader`` would read as floats."""
 
 
 for _cls in (_Loader, _Dumper):
@@ -178,13 +179,14 @@ def parse_dotlist(items: Sequence[str]) -> dict[str, Any]:
 
 
 def resolve_config_path(path: str | os.PathLike[str]) -> str:
-    """An existing file as given, else the shipped config of that name (``configs/pretrain/x.yaml`` or
-    ``pretrain/x.yaml``), so the console commands work outside a checkout; no match: ``path`` unchanged."""
+    """An existing file as given, else the shipped config of that name (``configs/pretrain/x.yaml``,
+    ``pretrain/x.yaml`` or the bare ``x``), so the console commands work outside a checkout; else ``path``."""
     path = os.fspath(path)
     if os.path.isfile(path) or os.path.isabs(path):
         return path
     shipped = os.path.join(SHIPPED_CONFIGS, path.removeprefix("configs/"))
-    return shipped if os.path.isfile(shipped) else path
+    bare = sorted(glob.glob(os.path.join(SHIPPED_CONFIGS, "*", f"{path.removesuffix('.yaml')}.yaml")))
+    return shipped if os.path.isfile(shipped) else bare[0] if os.sep not in path and len(bare) == 1 else path
 
 
 def _load_yaml_file(path: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:

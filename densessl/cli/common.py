@@ -38,17 +38,18 @@ def explicit_resume(argv: Sequence[str] | None) -> list[str]:
             for i, arg in enumerate(args)]
 
 
-# An override example per training tool, so that no tool's help shows another tool's keys.
-OVERRIDE_EXAMPLES = {"densessl-train": "optim.base_lr=0.3 train.epochs=20",
-                     "densessl-finetune-det": "optim.lr=0.01 train.max_iters=1000"}
+# Per training tool: the folder of its shipped configs and an override example (no tool's help shows another's keys).
+TOOL_CONFIGS = {"densessl-train": ("pretrain", "optim.base_lr=0.3 train.epochs=20"),
+                "densessl-finetune-det": ("detection", "optim.lr=0.01 train.max_iters=1000")}
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, default_dir: str, command: str = "densessl-train") -> None:
     """``CONFIG``, overrides, ``--output-dir``, ``--resume [auto]``, ``--allow-config-change``, ``--print-config``."""
-    parser.add_argument("config", help="experiment YAML (only what differs from the defaults); a path, or the name of "
-                                       "a config shipped with densessl such as pretrain/vicregl_resnet18_synthetic.yaml")
-    parser.add_argument("overrides", nargs="*", help=f"config overrides as key.sub=value, e.g. "
-                                                     f"{OVERRIDE_EXAMPLES[command]}")
+    folder, example = TOOL_CONFIGS[command]
+    parser.add_argument("config", nargs="?", help="experiment YAML (only what differs from the defaults); a path, or "
+                                                  "the name of a shipped config (--list shows them)")
+    parser.add_argument("overrides", nargs="*", help=f"config overrides as key.sub=value, e.g. {example}")
+    parser.add_argument("--list", action="store_true", help=f"list the shipped {folder}/ configs and exit")
     parser.add_argument("--output-dir", help=f"run directory (default: {default_dir}/<config name>)")
     add_resume_argument(parser, "continue from <output-dir>/checkpoints/last.pt; '--resume auto' resumes when a "
                                 "checkpoint exists and starts otherwise (for requeued jobs)")
@@ -118,6 +119,16 @@ def training_main(
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(parser, default_dir=default_dir, command=command)
     args = parser.parse_intermixed_args(explicit_resume(argv))
+    if args.list:
+        from densessl.config_io import SHIPPED_CONFIGS
+
+        folder = Path(SHIPPED_CONFIGS) / TOOL_CONFIGS[command][0]
+        for path in sorted(folder.glob("*.yaml")):
+            first = path.read_text(encoding="utf-8").split("\n", 1)[0].lstrip("# ").strip()
+            print(f"{path.stem:36s} {first}")
+        return EXIT_OK
+    if args.config is None:
+        parser.error("the following arguments are required: config (or --list for the shipped configs)")
     rank = setup_logging()
     try:
         cfg = load(args.config, args.overrides)

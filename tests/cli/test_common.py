@@ -86,3 +86,18 @@ def test_help_shows_only_the_tools_own_keys(module: str, shown: str, foreign: st
         importlib.import_module(module).main(["--help"])
     out = capsys.readouterr().out
     assert shown in out and foreign not in out
+
+
+def test_list_and_bare_shipped_config_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from densessl.cli.finetune_det import main as finetune_det
+    from densessl.cli.train import main as train
+
+    assert train(["--list"]) == 0
+    listed = capsys.readouterr().out
+    assert "vicregl_resnet18_synthetic " in listed and "faster_rcnn" not in listed
+    assert finetune_det(["--list"]) == 0 and "faster_rcnn_fpn_r18_synthetic " in capsys.readouterr().out
+    assert train(["vicregl_resnet18_synthetic", "train.epochs=3", "--print-config"]) == 0  # a bare name
+    assert "epochs: 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        train([])
+    assert "required: config (or --list" in capsys.readouterr().err
