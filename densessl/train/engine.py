@@ -21,7 +21,8 @@ Run directory (one contract for every recipe)::
 
     config.yaml             the resolved config that produced the checkpoints (rewritten on resume, see resumes.jsonl)
     resumes.jsonl           one line per resume: iteration, config changes accepted, checkpoint used
-    metrics.jsonl           one JSON object per logged step (rank 0)
+    environment.jsonl       one line per start or resume: versions, device, git commit, command line, host
+    metrics.jsonl           one JSON object per logged step (rank 0), with its wall-clock time
     train.log               the log, with a progress line every ``log_every`` steps (iteration, loss, lr, img/s, ETA)
     checkpoints/last.pt     the newest checkpoint; checkpoints/previous.pt the one before it (fallback when last.pt is
                             damaged); checkpoints/stable.pt the newest one written while the loss was at its running
@@ -48,6 +49,7 @@ import random
 import shutil
 import signal
 import statistics
+import sys
 import time
 from collections import deque
 from contextlib import AbstractContextManager, nullcontext
@@ -298,6 +300,32 @@ def _resolve_device(name: str, local_rank: int) -> torch.device:
     return device
 
 
+def _environment() -> dict[str, Any]:
+    """What produced this part of the run: versions, device, git commit of a densessl checkout, command line, host."""
+    import platform
+    import subprocess
+
+    import timm
+    import torchvision
+
+    import densessl
+
+    record: dict[str, Any] = {
+        "time": datetime.datetime.now().isoformat(timespec="seconds"), "densessl": densessl.__version__,
+        "python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "timm": timm.__version__, "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+    }
+    try:  # the commit of the checkout densessl runs from, when it is one
+        commit = subprocess.run(["git", "-C", os.path.dirname(os.path.abspath(densessl.__file__)), "rev-parse",
+                                 "HEAD"], capture_output=True, text=True, timeout=5)
+        record["git_commit"] = commit.stdout.strip() if commit.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        record["git_commit"] = None
+    record["command"] = " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]])
+    return record
+
+
 def _resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     """Autocast dtype for ``auto | fp32 | bf16 | fp16``; ``None`` (fp32) on the CPU."""
     if device.type != "cuda" or name == "fp32":
@@ -430,6 +458,11 @@ def start_run(
         run.loss_watch.stable_iteration = _checkpoint_iteration(stable) if stable.is_file() else None
         if logger.getEffectiveLevel() > logging.INFO:  # train.log gets the progress lines even without logging set up
             logger.setLevel(logging.INFO)
+        environment = _environment()
+        with (run_dir / "environment.jsonl").open("a", encoding="utf-8") as stream:
+            stream.write(json.dumps(environment) + "\n")
+        logger.info("environment: %s", ", ".join(f"{k} {v}" for k, v in environment.items() if k != "command"))
+        logger.info("command: %s", environment["command"])
         metrics_path = run_dir / "metrics.jsonl"
         if state is not None:
             _truncate_metrics(metrics_path, run.start_iteration)
@@ -633,6 +666,7 @@ def log_record(run: Run, record: dict[str, Any], tensorboard_prefix: str = "trai
     """Append ``record`` (must hold ``iteration``) to metrics.jsonl and TensorBoard (rank 0)."""
     if not run.main or run.files.metrics is None:
         return
+    record = {**record, "time": datetime.datetime.now().isoformat(timespec="seconds")}
     run.files.metrics.write(json.dumps(record) + "\n")
     run.files.metrics.flush()
     if run.files.writer is not None:

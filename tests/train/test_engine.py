@@ -93,3 +93,23 @@ def test_progress_line_with_eta_goes_to_train_log(tmp_path: Path) -> None:
     assert [r["iteration"] for r in records] == [1, 2, 3, 4] and records[0]["loss"] == 2.0
 
 
+def test_the_run_records_its_environment_and_timestamps_its_metrics(tmp_path: Path) -> None:
+    """Versions, git commit, command line and host in environment.jsonl (one line per start) and at the top of
+    train.log; a timestamp in every metrics row."""
+    import datetime
+
+    run = _start(tmp_path / "run")
+    try:
+        engine.log_step(run, 1, 1, {"loss": torch.tensor(1.0)}, lr=0.1, images=4)
+    finally:
+        engine.finish_run(run)
+    environment = [json.loads(line) for line in (tmp_path / "run" / "environment.jsonl").read_text().splitlines()]
+    assert len(environment) == 1
+    assert {"densessl", "python", "torch", "torchvision", "timm", "cuda", "host", "git_commit", "command"} <= set(
+        environment[0]) and environment[0]["torch"] == torch.__version__
+    log = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert "environment: " in log[0] and f"torch {torch.__version__}" in log[0] and "command: " in log[1]
+    record = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert datetime.datetime.fromisoformat(record["time"]).year >= 2024
+
+
