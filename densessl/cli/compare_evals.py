@@ -1,8 +1,10 @@
 #!/usr/bin/env python
 """Print evaluation JSON files (from tools/eval_seg.py) side by side: ``python tools/compare_evals.py A.json B.json ...``.
 
-One column per file (labelled ``--labels`` or by weights), rows: mIoU, pixel accuracy and per-class IoU; the settings
-shared by all files are printed once below, so a comparison is only made under one pinned protocol.
+One column per file (labelled ``--labels``, else by the run folder of its weights: ``runs/x/backbone.safetensors`` ->
+``x``), rows: mIoU, pixel accuracy and per-class IoU; the settings shared by all files are printed once below and the
+ones that differ are named. Files of different protocols or datasets are refused (``--allow-different`` prints them
+anyway): their numbers are not comparable.
 """
 
 from __future__ import annotations
@@ -16,16 +18,24 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("files", nargs="+", help="JSON files written by tools/eval_seg.py --out")
-    parser.add_argument("--labels", nargs="+", help="column labels (default: the weights of each file)")
+    parser.add_argument("--labels", nargs="+", help="column labels (default: the run folder of each file's weights)")
+    parser.add_argument("--allow-different", action="store_true",
+                        help="print files of different protocols or datasets side by side anyway")
     args = parser.parse_args(argv)
     try:
         results = [json.loads(Path(f).read_text()) for f in args.files]
     except (OSError, json.JSONDecodeError) as error:
-        print(f"compare_evals.py: error: {error}", file=sys.stderr)
+        print(f"error: densessl-compare-evals: {error}", file=sys.stderr)
         return 2
-    labels = args.labels or [Path(str(r.get("weights", f))).stem for r, f in zip(results, args.files)]
+    labels = args.labels or _labels(results, args.files)
     if len(labels) != len(results):
-        print("compare_evals.py: error: give one label per file", file=sys.stderr)
+        print("error: densessl-compare-evals: give one label per file", file=sys.stderr)
+        return 2
+    kinds = [(r.get("protocol"), r.get("dataset")) for r in results]
+    if len(set(kinds)) > 1 and not args.allow_different:
+        listed = "; ".join(f"{f}: {p} on {d}" for f, (p, d) in zip(args.files, kinds))
+        print(f"error: densessl-compare-evals: the files are evaluations of different protocols or datasets ({listed}); "
+              f"compare files of one protocol, or pass --allow-different", file=sys.stderr)
         return 2
     width = max(12, *(len(label) + 2 for label in labels))
     header = f"{'':<22}" + "".join(f"{label:>{width}}" for label in labels)
@@ -48,6 +58,19 @@ def main(argv: list[str] | None = None) -> int:
     if differing:
         print("settings that differ between columns: " + ", ".join(differing))
     return 0
+
+
+def _labels(results: list[dict], files: list[str]) -> list[str]:
+    """The run folder of each file's weights (``random`` for a random init); the file name where two would clash."""
+    labels = []
+    for result, file in zip(results, files):
+        weights = Path(str(result.get("weights", file)))
+        labels.append(weights.parent.name if weights.name.startswith(("backbone.", "last.pt")) else weights.stem)
+        if weights.name == "last.pt":  # runs/x/checkpoints/last.pt
+            labels[-1] = weights.parent.parent.name
+    if len(set(labels)) < len(labels):
+        labels = [f"{label} ({Path(file).stem})" for label, file in zip(labels, files)]
+    return labels
 
 
 if __name__ == "__main__":
