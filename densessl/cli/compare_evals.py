@@ -34,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     kinds = [(r.get("protocol"), r.get("dataset")) for r in results]
     if len(set(kinds)) > 1 and not args.allow_different:
         listed = "; ".join(f"{f}: {p} on {d}" for f, (p, d) in zip(args.files, kinds))
-        print(f"error: densessl-compare-evals: the files are evaluations of different protocols or datasets ({listed}); "
-              f"compare files of one protocol, or pass --allow-different", file=sys.stderr)
+        print(f"error: densessl-compare-evals: the files are evaluations of different protocols or datasets "
+              f"({listed}); compare files of one protocol, or pass --allow-different", file=sys.stderr)
         return 2
     width = max(12, *(len(label) + 2 for label in labels))
     header = f"{'':<22}" + "".join(f"{label:>{width}}" for label in labels)
