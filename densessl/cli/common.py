@@ -69,12 +69,15 @@ def setup_logging() -> int:
 
 
 def print_config(cfg: Any) -> None:
-    """The resolved config as YAML on stdout."""
+    """The resolved config as YAML on stdout (a pretraining config: the chosen method's section only)."""
     import yaml
 
     from densessl.schema import to_dict
 
-    print(yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False), end="")
+    plain = to_dict(cfg)
+    for section in getattr(cfg, "inactive_sections", list)():  # pretraining: only the chosen method's section
+        plain.pop(section)
+    print(yaml.safe_dump(plain, sort_keys=False, default_flow_style=False), end="")
 
 
 def run_tool(body: Callable[[], int], non_finite: type[BaseException]) -> int:

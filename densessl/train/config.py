@@ -14,6 +14,7 @@ per forward pass. The peak learning rate is ``base_lr * batch_size / 256``.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Sequence
@@ -26,6 +27,8 @@ from densessl.objectives.pixpro import PixProConfig
 from densessl.objectives.vicreg import VICRegConfig
 from densessl.objectives.vicregl import VICRegLConfig
 from densessl.schema import Range, check_timm_arch
+
+logger = logging.getLogger("densessl")
 
 __all__ = ["ModelConfig", "DataConfig", "OptimConfig", "TrainConfig", "Config", "load_config", "METHODS"]
 
@@ -145,6 +148,10 @@ class Config:
         """The config section of the chosen method."""
         return getattr(self, self.method)
 
+    def inactive_sections(self) -> list[str]:
+        """The objective sections the chosen method does not read (``--print-config`` leaves them out)."""
+        return [name for name in METHODS if name != self.method]
+
 
 def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] = ()) -> Config:
     """Defaults <- YAML file (with optional ``_base_``) <- ``key.sub=value`` overrides, validated.
@@ -152,4 +159,10 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
     Raises:
         densessl.config_io.ConfigError: naming the offending dotted key.
     """
-    return _load(Config, path, overrides)
+    cfg = _load(Config, path, overrides)
+    unused = sorted({item.split("=", 1)[0].strip() for item in overrides if "=" in item
+                     and item.split(".", 1)[0].strip() in cfg.inactive_sections()})
+    if unused:
+        logger.warning("%s: set for a method this run does not use (method=%s); the %s section is the one read",
+                       ", ".join(unused), cfg.method, cfg.method)
+    return cfg

@@ -101,3 +101,23 @@ def test_list_and_bare_shipped_config_names(tmp_path: Path, capsys: pytest.Captu
     with pytest.raises(SystemExit):
         train([])
     assert "required: config (or --list" in capsys.readouterr().err
+
+
+def test_print_config_shows_the_chosen_method_and_warns_on_another_methods_keys(
+        capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    import yaml
+
+    from densessl.cli.train import main
+
+    assert main(["vicregl_resnet18_synthetic", "densecl.queue_len=8", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert "vicregl" in printed and not {"vicreg", "densecl", "pixpro"} & set(printed)
+    assert "densecl.queue_len: set for a method this run does not use (method=vicregl)" in caplog.text
+
+
+def test_bf16_on_the_cpu_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from densessl.train import engine
+
+    run = engine.start_run(tmp_path / "run", {"x": 1}, recipe="test", device="cpu", precision="bf16")
+    engine.finish_run(run)
+    assert run.amp_dtype is None and "train.precision=bf16 has no effect on cpu" in caplog.text
