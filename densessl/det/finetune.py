@@ -30,7 +30,6 @@ import numpy as np
 import torch
 import torch.utils.data
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from densessl.atomic import atomic_write_json
 from densessl.det.coco import DetectionEvalResult, evaluate_detector
@@ -345,8 +344,8 @@ def _finetune(cfg: DetConfig, run: engine.Run, on_step: Callable[[int], None] | 
                 cfg.optim.accumulate, len(train_set), len(val_set), device)
     iteration, interrupted = start, False
     train_start = time.perf_counter()
-    progress = tqdm(total=total, initial=start, disable=not (run.main and cfg.train.progress), dynamic_ncols=True,
-                    desc=f"{m.kind}/{m.arch}")
+    progress = engine.ProgressBar(run, total=total, initial=start, desc=f"{m.kind}/{m.arch}",
+                                  enabled=cfg.train.progress)
     model.train()
     batches = iter(loader)
     try:

@@ -61,6 +61,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from densessl.atomic import atomic_torch_save, atomic_write_text, sweep_temporary_files
 from densessl.config_io import flatten, save_config
@@ -70,6 +72,7 @@ from densessl.safe_load import load_plain, verify_torch_zip
 __all__ = [
     "CHECKPOINT_FORMAT",
     "NonFiniteLossError",
+    "ProgressBar",
     "ResumeError",
     "Run",
     "autocast",
@@ -634,6 +637,25 @@ def fall_back_to_stable(run: Run, error: NonFiniteLossError) -> NonFiniteLossErr
                 f"{str(last)!r} now holds iteration {_checkpoint_iteration(last)} from before (stable.pt), so "
                 f"--resume continues from there. ")
     return NonFiniteLossError(error.iteration, error.values, note)
+
+
+class ProgressBar(tqdm):
+    """The loop's progress bar: shown on rank 0 on a terminal only (a log file piped from stderr keeps no bar
+    refreshes), and while it is open the console log lines go through ``tqdm.write`` so they do not garble it. The
+    periodic progress lines of ``log_step`` stay in the log either way."""
+
+    def __init__(self, run: Run, *, total: int, initial: int, desc: str, enabled: bool = True) -> None:
+        shown = enabled and run.main and sys.stderr.isatty()
+        super().__init__(total=total, initial=initial, desc=desc, disable=not shown, dynamic_ncols=True)
+        self._redirect = logging_redirect_tqdm() if shown else None
+        if self._redirect is not None:
+            self._redirect.__enter__()
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "_redirect", None) is not None:
+            self._redirect.__exit__(None, None, None)
+            self._redirect = None
 
 
 def stop_requested(run: Run) -> int:

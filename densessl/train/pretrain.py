@@ -27,7 +27,6 @@ from typing import Callable
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from densessl.backbones import DenseBackbone, encode_views
 from densessl.data.collate import Views, collate_views
@@ -234,8 +233,8 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
         seed = augment_seed(cfg.train.seed, step // steps_per_epoch, step, run.rank, micro)
         return module(augmenter(views.to(device, non_blocking=True), torch.Generator().manual_seed(seed)))
 
-    progress = tqdm(total=total_steps, initial=step, disable=not (run.main and cfg.train.progress),
-                    dynamic_ncols=True, desc=f"{cfg.method}/{cfg.model.arch}")
+    progress = engine.ProgressBar(run, total=total_steps, initial=step, desc=f"{cfg.method}/{cfg.model.arch}",
+                                  enabled=cfg.train.progress)
     skipped_files: set[int] = set()  # dataset indices of the unreadable files skipped so far
     last_loss = math.nan
     interrupted = False

@@ -113,3 +113,25 @@ def test_the_run_records_its_environment_and_timestamps_its_metrics(tmp_path: Pa
     assert datetime.datetime.fromisoformat(record["time"]).year >= 2024
 
 
+
+
+def test_progress_bar_only_on_a_terminal_and_log_lines_go_through_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+    import sys
+
+    run = _start(tmp_path / "run")
+    try:
+        assert engine.ProgressBar(run, total=3, initial=0, desc="x").disable  # pytest's stderr is no terminal
+        root = logging.getLogger()
+        handler = logging.StreamHandler(sys.stderr)
+        root.addHandler(handler)
+        monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+        bar = engine.ProgressBar(run, total=3, initial=0, desc="x")
+        assert not bar.disable and handler not in root.handlers  # replaced by tqdm's handler while the bar is open
+        bar.close()
+        assert handler in root.handlers
+        root.removeHandler(handler)
+        assert engine.ProgressBar(run, total=3, initial=0, desc="x", enabled=False).disable
+    finally:
+        engine.finish_run(run)
