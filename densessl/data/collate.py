@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from densessl.coords import cell_centers, to_pixels
 from densessl.data.transforms import CropViews
 
 __all__ = ["Views", "collate_views"]
@@ -58,6 +59,24 @@ class Views:
                 return group[:, index]
             index -= group.shape[1]
         raise AssertionError("unreachable: group counts sum to num_views")
+
+    def grids(self, shapes: Sequence[tuple[int, int]], flips: bool = True) -> list[Tensor]:
+        """Where every feature cell of every view sits in its original image: one ``(B, h*w, 2)`` grid of ``(x, y)``
+        pixel centres per view, raster order (row by row, as ``rearrange(map, "b d h w -> b (h w) d")``).
+
+        Args:
+            shapes: ``(h, w)`` of each view's feature map, in view order (``[m.shape[-2:] for m in maps]``).
+            flips: Honour the horizontal flips (``False``: the official VICRegL code's grids, which ignore them).
+        """
+        if len(shapes) != self.num_views:
+            raise ValueError(f"got {len(shapes)} map shapes for {self.num_views} views")
+        return [self.grid(view, int(h), int(w), flips) for view, (h, w) in enumerate(shapes)]
+
+    def grid(self, view: int, h: int, w: int, flips: bool = True) -> Tensor:
+        """:meth:`grids` for one view: ``(B, h*w, 2)`` pixel centres of an ``h x w`` map of view ``view``."""
+        flipped = self.flipped[:, view] if flips else torch.zeros_like(self.flipped[:, view])
+        cells = cell_centers(self.boxes[:, view], flipped, h, w)  # (B, h, w, 2) in [0, 1] of the original image
+        return to_pixels(cells, self.image_size).flatten(1, 2)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Views":
         """Copy every tensor to ``device``."""

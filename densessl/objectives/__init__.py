@@ -10,7 +10,7 @@ and receive the EMA teacher's features from the training loop.
 from densessl.objectives.densecl import DenseCL, DenseCLConfig
 from densessl.objectives.pixpro import PixPro, PixProConfig
 from densessl.objectives.vicreg import VICReg, VICRegConfig, VICRegLoss
-from densessl.objectives.vicregl import VICRegL, VICRegLConfig, VICRegLLocalLoss
+from densessl.objectives.vicregl import VICRegL, VICRegLConfig, VICRegLCriterion, VICRegLLocalLoss
 
 OBJECTIVES: dict[str, tuple[type, type]] = {
     "vicreg": (VICReg, VICRegConfig),
@@ -19,4 +19,4 @@ OBJECTIVES: dict[str, tuple[type, type]] = {
     "pixpro": (PixPro, PixProConfig),
 }
 
-__all__ = ["OBJECTIVES", "DenseCL", "DenseCLConfig", "PixPro", "PixProConfig", "VICReg", "VICRegConfig", "VICRegLoss", "VICRegL", "VICRegLConfig", "VICRegLLocalLoss"]
+__all__ = ["OBJECTIVES", "DenseCL", "DenseCLConfig", "PixPro", "PixProConfig", "VICReg", "VICRegConfig", "VICRegLoss", "VICRegL", "VICRegLConfig", "VICRegLCriterion", "VICRegLLocalLoss"]

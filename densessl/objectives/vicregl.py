@@ -56,7 +56,7 @@ import torch
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, DenseFeatures
-from densessl.coords import SelectionOrder, cell_centers, match_indices, pairwise_distances, select_matches, to_pixels
+from densessl.coords import SelectionOrder, match_indices, pairwise_distances, select_matches
 from densessl.data.collate import Views
 from densessl.objectives.vicreg import (
     HeadNorm,
@@ -70,7 +70,7 @@ from densessl.objectives.vicreg import (
 from densessl.projectors import MLP, LocalProjector
 from densessl.schema import Range, check_fields
 
-__all__ = ["VICRegLLocalLoss", "VICRegLConfig", "VICRegL"]
+__all__ = ["VICRegLLocalLoss", "VICRegLCriterion", "VICRegLConfig", "VICRegL"]
 
 MatchingType = Literal["both", "location", "feature"]
 MATCHING_TYPES: tuple[str, ...] = typing.get_args(MatchingType)
@@ -196,6 +196,36 @@ class VICRegLLocalLoss(nn.Module):
         return {"loss": inv + var + cov, "inv": inv, "var": var, "cov": cov}
 
 
+class VICRegLCriterion(nn.Module):
+    """VICRegL on tensors, for your own training loop: ``alpha * global VICReg + (1 - alpha) * local VICReg``.
+
+    Takes what your projectors give (no backbone, no ``Views`` needed): the global embeddings ``(B, D)`` and the
+    local embeddings ``(B, N_v, D_l)`` of each view (global views first), and each view's cell-centre grid
+    ``(B, N_v, 2)`` in original-image pixels (``Views.grids``, or your own). Defaults are the official ones; the
+    ``VICRegL`` module of the pretraining recipe computes the same with its own projectors.
+
+    Returns ``{"loss", "inv_global", "var_global", "cov_global", "inv_local", "var_local", "cov_local"}``.
+    """
+
+    def __init__(self, alpha: float = 0.75, inv_coeff: float = 25.0, var_coeff: float = 25.0, cov_coeff: float = 1.0,
+                 num_matches: tuple[int, int] = (20, 4), gather: bool = True, matching: str = "both") -> None:
+        super().__init__()
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.alpha = alpha
+        self.global_criterion = VICRegLoss(inv_coeff, var_coeff, cov_coeff, gather=gather)
+        self.local_criterion = VICRegLLocalLoss(inv_coeff, var_coeff, cov_coeff, num_matches=num_matches,
+                                                gather=gather, matching=matching)
+
+    def forward(self, global_embeddings: list[Tensor], local_embeddings: list[Tensor], grids: list[Tensor],
+                n_global: int = 2) -> dict[str, Tensor]:
+        glob = self.global_criterion(global_embeddings, n_global)
+        local = self.local_criterion(local_embeddings, grids, n_global)
+        out = {f"{k}_{part}": v for part, terms in (("global", glob), ("local", local))
+               for k, v in terms.items() if k != "loss"}
+        return {"loss": self.alpha * glob["loss"] + (1 - self.alpha) * local["loss"], **out}
+
+
 @dataclass
 class VICRegLConfig:
     """VICRegL settings; defaults are the official ones (``main_vicregl.py`` CLI) with the ``corrected`` preset."""
@@ -266,13 +296,10 @@ class VICRegL(nn.Module):
         """Build heads sized for ``backbone`` (local loss on its last requested level)."""
         return cls(backbone.channels[-1], backbone.num_features, config, backbone.arch)
 
+
     def grids(self, views: Views, h: int, w: int, view: int) -> Tensor:
         """Pixel cell centres ``(B, h*w, 2)`` of one view; flips honoured only in the ``corrected`` preset."""
-        flipped = views.flipped[:, view]
-        if self.config.preset == "official":
-            flipped = torch.zeros_like(flipped)
-        grid = to_pixels(cell_centers(views.boxes[:, view], flipped, h, w), views.image_size)
-        return grid.flatten(1, 2)
+        return views.grid(view, h, w, flips=self.config.preset != "official")
 
     def forward(self, features: list[DenseFeatures], views: Views,
                 teacher_features: list[DenseFeatures] | None = None) -> dict[str, Tensor]:
@@ -303,7 +330,7 @@ class VICRegL(nn.Module):
         if self.local_projector is not None:
             maps = [f.maps[-1] for f in features]
             local = [self.local_projector(m) for m in maps]
-            grids = [self.grids(views, m.shape[-2], m.shape[-1], v) for v, m in enumerate(maps)]
+            grids = views.grids([m.shape[-2:] for m in maps], flips=self.config.preset != "official")
             terms = self.local_criterion(local, grids, views.n_global)
             loss = loss + (1 - alpha) * terms["loss"]
             out.update({f"{k}_local": v for k, v in terms.items() if k != "loss"})

@@ -279,3 +279,22 @@ def test_bad_inputs_raise_clear_errors() -> None:
         VICRegLLocalLoss()([torch.randn(2, 4, 8)] * 2, [torch.randn(2, 5, 2)] * 2, n_global=2)
     with pytest.raises(ValueError, match="2 samples"):
         variance_loss(torch.randn(1, 4))
+
+
+def test_the_tensor_level_criterion_equals_the_module() -> None:
+    """VICRegLCriterion on the module's own projected tensors and Views.grids gives the module's loss and terms."""
+    from densessl.objectives.vicregl import VICRegLCriterion
+
+    torch.manual_seed(0)
+    feats, views = _features(6, 3), _views(6, 3, 2, flipped=True)
+    method = VICRegL(12, 12, VICRegLConfig(alpha=0.75, projector="16-8", local_projector="16-8"), arch="resnet18")
+    expected = method(feats, views)
+    pooled = torch.cat([f.pooled for f in feats])
+    global_embeddings = list(method.projector.forward_groups(pooled, 3).split(6))
+    local_embeddings = [method.local_projector(f.maps[-1]) for f in feats]
+    assert local_embeddings[0].dim() == 3  # (B, N, D): the local projector's output, raster order
+    grids = views.grids([f.maps[-1].shape[-2:] for f in feats])
+    assert grids[0].shape == (6, 9, 2) and torch.equal(grids[1], method.grids(views, 3, 3, 1))
+    got = VICRegLCriterion(alpha=0.75)(global_embeddings, local_embeddings, grids, n_global=2)
+    for key in ("loss", "inv_global", "var_global", "cov_global", "inv_local", "var_local", "cov_local"):
+        torch.testing.assert_close(got[key], expected[key])
