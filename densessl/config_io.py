@@ -1,11 +1,10 @@
 """Loading and saving dataclass configs: YAML diffs with ``_base_``, ``key.sub=value`` overrides, ``validate()``.
 
-Precedence: dataclass defaults < ``_base_`` files (paths relative to the including file, merged in order) < the YAML
-file < CLI overrides < a tool's own flags. Mappings merge key by key, any other value (lists too) is replaced whole;
-a ``dict[K, V]`` field written in YAML is its whole value (a saved config reloads exactly), an override updates it
-key by key. Types, ``Literal`` choices and ``Range`` bounds are checked by pydantic through ``densessl.schema``
-(one-line errors naming the dotted key); unknown keys get "did you mean"; then every node's ``validate()`` runs,
-children first. YAML is read safely, with ``1e-3`` a float and a duplicate key an error.
+Precedence: defaults < ``_base_`` files (relative to the including file, merged in order) < the YAML file < CLI
+overrides < a tool's flags. Mappings merge key by key, other values (lists too) are replaced; a ``dict`` field
+written in YAML is its whole value (a saved config reloads exactly), an override updates it key by key. Types,
+``Literal`` choices and ``Range`` bounds are checked by pydantic through ``densessl.schema``; unknown keys get "did
+you mean"; every node's ``validate()`` runs, children first. YAML: safe, ``1e-3`` a float, a duplicate key an error.
 """
 
 from __future__ import annotations
@@ -120,7 +119,7 @@ def merge(base: T, data: Mapping[str, Any], *, prefix: str = "") -> T:
 
 def validate_config(cfg: Any, path: str = "") -> None:
     """Check the ``Literal`` / ``Range`` fields of every dataclass node (for configs built in Python), then call its
-    ``validate()``, children first; a ``ValueError`` becomes a ConfigError at the node (or its field, ``"<field>: .."``)."""
+    ``validate()``, children first; a ``ValueError`` becomes a ConfigError at the node (or its field: ``"f: .."``)."""
     if isinstance(cfg, (list, tuple)):
         for i, item in enumerate(cfg):
             validate_config(item, f"{path}[{i}]")
@@ -196,7 +195,8 @@ def _load_yaml_file(path: str, chain: tuple[str, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: _base_ inclusion cycle: {' -> '.join([*chain[chain.index(real):], real])}")
     if not os.path.isfile(path):
         included_by = f" (in _base_ of {chain[-1]})" if chain else ""
-        shipped = "" if chain or os.path.isabs(path) else f"; the configs shipped with densessl are in {SHIPPED_CONFIGS}"
+        shipped = ("" if chain or os.path.isabs(path)
+                   else f"; the configs shipped with densessl are in {SHIPPED_CONFIGS}")
         raise ConfigError(f"{path}: config file not found{included_by}{shipped}")
     with open(path, encoding="utf-8") as stream:
         text = stream.read()

@@ -26,7 +26,8 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 import pydantic
 from pydantic_core import core_schema
 
-__all__ = ["ConfigError", "Range", "build", "check_fields", "check_timm_arch", "choice_error", "fail", "to_dict", "type_error"]
+__all__ = ["ConfigError", "Range", "build", "check_fields", "check_timm_arch", "choice_error", "fail", "to_dict",
+           "type_error"]
 
 T = TypeVar("T")
 _NoneType = type(None)
@@ -121,7 +122,8 @@ def type_error(key: str, expected: str, value: Any) -> ConfigError:
 
 def choice_error(key: str, choices: Sequence[Any], value: Any, nullable: bool = False) -> ConfigError:
     """``key: must be one of 'a', 'b' [(or null)], got 'c'[; did you mean 'a'?]``."""
-    message = f"must be one of {', '.join(map(repr, choices))}{' (or null)' if nullable else ''}, got {short_repr(value)}"
+    listed = ", ".join(map(repr, choices))
+    message = f"must be one of {listed}{' (or null)' if nullable else ''}, got {short_repr(value)}"
     close = difflib.get_close_matches(value, [c for c in choices if isinstance(c, str)], n=1) if isinstance(
         value, str) else []
     return fail(key, message + (f"; did you mean {close[0]!r}?" if close else ""))
@@ -210,8 +212,8 @@ def check_node(obj: Any, path: str) -> None:
 
 
 def check_timm_arch(arch: str) -> None:
-    """For a config's ``validate()``: ``arch`` names a timm model (``"arch: unknown timm architecture ..."``), checked at
-    load, before a tool creates its run folder."""
+    """For a config's ``validate()``: ``arch`` names a timm model (``"arch: unknown timm architecture ..."``),
+    checked at load, before a tool creates its run folder."""
     import timm
 
     from densessl.convert import unknown_arch_message

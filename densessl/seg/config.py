@@ -1,7 +1,8 @@
 """The segmentation-evaluation config schema (``densessl-eval-seg``): nested dataclasses holding every default.
 
-Loaded by ``densessl-eval-seg --config`` with the loader every tool uses (``densessl.config_io``): a YAML file lists only what differs from these
-defaults, ``key.sub=value`` overrides change single values, and the tool's flags (``--k 5``) are applied on top::
+Loaded by ``densessl-eval-seg --config`` with the loader every tool uses (``densessl.config_io``): a YAML file lists
+only what differs from these defaults, ``key.sub=value`` overrides change single values, and the tool's flags
+(``--k 5``) are applied on top::
 
     weights: runs/vicregl_r50/backbone.safetensors
     dataset: voc

@@ -330,7 +330,7 @@ def _environment() -> dict[str, Any]:
 
 
 def _resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``auto | fp32 | bf16 | fp16``; ``None`` (fp32) on the CPU, with a warning when asked for more."""
+    """Autocast dtype for ``auto | fp32 | bf16 | fp16``; ``None`` (fp32) on the CPU (a warning when asked for more)."""
     if device.type != "cuda" and name in ("bf16", "fp16"):
         logger.warning("train.precision=%s has no effect on %s: the engine trains in fp32 there (autocast is for "
                        "CUDA devices)", name, device.type)
