@@ -139,7 +139,7 @@ def main() -> None:
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             proc = subprocess.run(cmd, capture_output=True, text=True)
-            line = next((l for l in proc.stdout.splitlines() if l.startswith("RESULT ")), None)
+            line = next((out for out in proc.stdout.splitlines() if out.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 print(f"{arch} {config}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}", flush=True)
                 results.append({"arch": arch, "config": config, "error": proc.stderr[-2000:]})

@@ -63,10 +63,10 @@ except ImportError:
 
 import numpy as np
 import torch
+from _common import finish_info, interleaved, machine_info, machine_line, median, summary, table, write_json
 from lightly.loss import VICRegLLoss
 from lightly.transforms.vicregl_transform import VICRegLTransform
 
-from _common import finish_info, interleaved, machine_info, machine_line, median, summary, table, write_json
 from densessl.coords import cell_centers, to_pixels
 from densessl.data.collate import collate_views
 from densessl.data.synthetic import render_scene
@@ -108,8 +108,8 @@ def loss_inputs(batch: int, d_global: int, d_local: int, seed: int = 0) -> dict[
 def ours_loss(criteria: tuple[VICRegLoss, VICRegLLocalLoss], emb: list, maps: list, grids: list) -> dict[str, torch.Tensor]:
     global_criterion, local_criterion = criteria
     g = global_criterion(emb, N_GLOBAL)["loss"]
-    l = local_criterion(maps, grids, N_GLOBAL)["loss"]
-    return {"loss": ALPHA * g + (1 - ALPHA) * l, "global": g, "local": l}
+    local = local_criterion(maps, grids, N_GLOBAL)["loss"]
+    return {"loss": ALPHA * g + (1 - ALPHA) * local, "global": g, "local": local}
 
 
 def make_ours(settings: dict[str, Any]) -> tuple[VICRegLoss, VICRegLLocalLoss]:
@@ -129,9 +129,9 @@ def lightly_loss(criterion: VICRegLLoss, emb: list, maps: list, grids: list, sid
     args = lightly_args(emb, maps, grids, sides)
     g = criterion._global_loss(global_view_features=args["global_view_features"],
                                local_view_features=args["local_view_features"])
-    l = criterion._local_loss(**args)
-    return {"loss": (criterion.alpha * g + (1 - criterion.alpha) * l).squeeze(), "global": g.squeeze(),
-            "local": l.squeeze()}
+    local = criterion._local_loss(**args)
+    return {"loss": (criterion.alpha * g + (1 - criterion.alpha) * local).squeeze(), "global": g.squeeze(),
+            "local": local.squeeze()}
 
 
 def leaves(tensors: list[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
@@ -231,11 +231,11 @@ def part_values(batch: int) -> dict[str, Any]:
         g_value, g_grad = cache["global"]
         maps = leaves(case["maps"], torch.float64)
         args = lightly_args([m[:, 0, :1] for m in maps], maps, [g.double() for g in case["grids"]], case["sides"])
-        l = criterion._local_loss(**args)
-        l.sum().backward()
+        local = criterion._local_loss(**args)
+        local.sum().backward()
         l_grad = torch.cat([m.grad.flatten() for m in maps]).double()
         alpha = criterion.alpha
-        terms = {"loss": alpha * g_value + (1 - alpha) * float(l), "global": g_value, "local": float(l)}
+        terms = {"loss": alpha * g_value + (1 - alpha) * float(local), "global": g_value, "local": float(local)}
         print(f"  lightly reference in {time.perf_counter() - tic:.1f} s (float64)", flush=True)
         return terms, torch.cat([alpha * g_grad, (1 - alpha) * l_grad])
 

@@ -270,10 +270,10 @@ def draw_match_figure(
         The precision, counts and query outcome shown in the figure.
     """
     _require_matplotlib()
+    from matplotlib import colormaps
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
-    from matplotlib import colormaps
     from matplotlib.patches import FancyArrowPatch, Rectangle
 
     ia, ib = pair
