@@ -44,9 +44,9 @@ class ConfigError(ValueError):
 class _OutOfRange(ValueError):
     """Raised by a ``Range`` check; ``value`` is the value after conversion (``0`` read for a float is ``0.0``)."""
 
-    def __init__(self, message: str, value: Any) -> None:
+    def __init__(self, message: str, value: Any, bound: bool = True) -> None:
         super().__init__(message)
-        self.value = value
+        self.value, self.bound = value, bound  # bound: a bound failed (``or null`` applies); else the order did
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Range:
             each = "every item " if isinstance(value, (list, tuple)) else ""
             raise _OutOfRange(f"{each}must be {self.describe()}", value)
         if self.ordered and list(items) != sorted(items):
-            raise _OutOfRange("must be in non-decreasing order", value)
+            raise _OutOfRange("must be in non-decreasing order", value, bound=False)
         return value
 
     def __get_pydantic_core_schema__(self, source: Any, handler: pydantic.GetCoreSchemaHandler) -> Any:
@@ -223,7 +223,7 @@ def check_timm_arch(arch: str) -> None:
 
 
 def _range_error(key: str, tp: Any, error: _OutOfRange) -> ConfigError:
-    nullable = " or null" if strip_optional(tp) is not tp and "order" not in str(error) else ""
+    nullable = " or null" if strip_optional(tp) is not tp and error.bound else ""
     return fail(key, f"{error}{nullable}, got {short_repr(error.value)}")
 
 

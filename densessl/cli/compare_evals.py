@@ -65,9 +65,10 @@ def _labels(results: list[dict], files: list[str]) -> list[str]:
     labels = []
     for result, file in zip(results, files):
         weights = Path(str(result.get("weights", file)))
-        labels.append(weights.parent.name if weights.name.startswith(("backbone.", "last.pt")) else weights.stem)
-        if weights.name == "last.pt":  # runs/x/checkpoints/last.pt
-            labels[-1] = weights.parent.parent.name
+        if weights.parent.name == "checkpoints":  # runs/x/checkpoints/last.pt
+            labels.append(weights.parent.parent.name)
+        else:  # runs/x/backbone.safetensors -> x; a file of its own (random, model.pth) -> its stem
+            labels.append(weights.parent.name if weights.name.startswith("backbone.") else weights.stem)
     if len(set(labels)) < len(labels):
         labels = [f"{label} ({Path(file).stem})" for label, file in zip(labels, files)]
     return labels

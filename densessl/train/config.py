@@ -19,6 +19,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Sequence
 
+from densessl.config_io import flatten, parse_dotlist
 from densessl.config_io import load_config as _load
 from densessl.data.transforms import MultiCropConfig
 from densessl.objectives import OBJECTIVES
@@ -160,8 +161,7 @@ def load_config(path: str | os.PathLike | None = None, overrides: Sequence[str] 
         densessl.config_io.ConfigError: naming the offending dotted key.
     """
     cfg = _load(Config, path, overrides)
-    unused = sorted({item.split("=", 1)[0].strip() for item in overrides if "=" in item
-                     and item.split(".", 1)[0].strip() in cfg.inactive_sections()})
+    unused = [key for key in flatten(parse_dotlist(overrides)) if key.split(".", 1)[0] in cfg.inactive_sections()]
     if unused:
         logger.warning("%s: set for a method this run does not use (method=%s); the %s section is the one read",
                        ", ".join(unused), cfg.method, cfg.method)
