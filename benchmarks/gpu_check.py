@@ -323,8 +323,8 @@ def check_run(run_dir: Path, iterations: int, result: StepResult) -> dict[str, A
         raise StepFailed(f"metrics.jsonl iterations {seen}, expected 1..{iterations} once each")
     if not all(math.isfinite(float(r["loss"])) for r in records):
         raise StepFailed("a non-finite loss in metrics.jsonl")
-    if not (run_dir / "backbone.safetensors").is_file():
-        raise StepFailed("no exported backbone.safetensors")
+    if not (run_dir / "export" / "model.safetensors").is_file():
+        raise StepFailed("no exported export/model.safetensors")
     return state
 
 

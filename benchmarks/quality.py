@@ -45,14 +45,14 @@ pixpro          the PixPro recipe of the data, same epochs
 ==============  ====================================================================================
 
 Each (variant, seed) pretraining runs ``densessl.cli.train`` in a subprocess into ``--work-dir/<variant>_s<seed>``; a
-finished run (``backbone.pt`` present) is reused and an interrupted one resumed, so the script can be stopped and
-restarted; a run whose ``config.yaml`` differs from what the command asks (another ``--epochs`` or ``--pretrain-set``)
-is refused, never scored under the wrong settings. Evaluations are cached as JSON next to the run. Runs go seed by
-seed (every variant of seed 0 first), so a partial run still gives a balanced table. The table shows mean ± sample
-standard deviation over seeds and the pretraining wall time; with ``vicreg`` among the variants and two seeds or more,
-a second table gives each row's same-seed difference to VICReg (mean ± std, seeds ahead; result key ``paired``), which
-cancels the spread that runs of one seed share. ``benchmarks/quality_merge.py`` merges result files of disjoint seeds
-(e.g. pretrained in two sessions) into one table with the same two parts.
+finished run (``export/model.safetensors`` present) is reused and an interrupted one resumed, so the script can be
+stopped and restarted; a run whose ``config.yaml`` differs from what the command asks (another ``--epochs`` or
+``--pretrain-set``) is refused, never scored under the wrong settings. Evaluations are cached as JSON next to the run.
+Runs go seed by seed (every variant of seed 0 first), so a partial run still gives a balanced table. The table shows
+mean ± sample standard deviation over seeds and the pretraining wall time; with ``vicreg`` among the variants and two
+seeds or more, a second table gives each row's same-seed difference to VICReg (mean ± std, seeds ahead; result key
+``paired``), which cancels the spread that runs of one seed share. ``benchmarks/quality_merge.py`` merges result files
+of disjoint seeds (e.g. pretrained in two sessions) into one table with the same two parts.
 
 Usage::
 
@@ -175,7 +175,7 @@ def pretrain(variant: str, data: str, data_root: Path | None, seed: int, run_dir
                 *overrides, *([f"train.epochs={epochs}"] if epochs is not None else []), *extra]
     check_reused_run(run_dir, config, settings)
     timing = run_dir / "pretrain_time.json"
-    if (run_dir / "backbone.pt").exists() and timing.exists():
+    if (run_dir / "export" / "model.safetensors").exists() and timing.exists():
         return json.loads(timing.read_text())["seconds"]
     run_dir.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "densessl.cli.train", config, "--output-dir", str(run_dir), *settings]
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             if weights is None:
                 seconds = pretrain(variant, args.data, data_root, seed, run_dir, args.epochs, args.threads,
                                    args.arch, tuple(args.pretrain_set))
-                weights = str(run_dir / "backbone.pt")
+                weights = str(run_dir)
                 pretrained.append(run_dir)
             scores: dict[str, float] = {}
             for suffix, levels in protocols.items():

@@ -1,8 +1,8 @@
 """Dense backbones: any timm model with ``forward_intermediates`` -> dense maps + pooled vector.
 
 ``DenseBackbone`` wraps ``timm.create_model(name, pretrained=False)``: it never downloads. Weights come from a local
-file (any file ``densessl.weights.read_backbone_weights`` reads: the ``backbone.safetensors``/``backbone.pt`` that
-pretraining exports, a timm state dict, a training checkpoint) or stay random. Without an ``arch``, the architecture
+file or folder (anything ``densessl.weights.read_backbone_weights`` reads: a run folder or its ``export/`` folder that
+pretraining writes, a timm state dict, a training checkpoint) or stay random. Without an ``arch``, the architecture
 is the one the weights file states.
 
 * ConvNets (ResNets, ConvNeXts, ...): ``maps`` are the stage outputs picked by ``levels`` (indices into timm's

@@ -1,20 +1,26 @@
 """Backbone weight files: the export written at the end of pretraining, and reading every weights file densessl takes.
 
-``save_backbone`` writes three files into a run directory, each atomically (``densessl.atomic``: temporary file in the
-same folder, then ``os.replace``)::
+``save_backbone`` writes one copy of the weights into an export folder (``RUN/export/`` for a pretraining run), each
+file atomically (``densessl.atomic``: temporary file in the same folder, then ``os.replace``)::
 
-    backbone.safetensors  the backbone's timm state dict; string metadata "arch", "format" ("densessl-backbone"),
-                          "format_version", "densessl_version" and "config" (the training config as JSON text)
-    backbone.pt           the same state dict via torch.save: timm.create_model(arch, pretrained=False,
-                          num_classes=0).load_state_dict(torch.load(p, weights_only=True)) loads it strictly
-    backbone.json         {"arch", "config", "files", ...}: states the architecture of backbone.pt as well
+    model.safetensors  the backbone's timm state dict (``num_classes=0``); string metadata "arch", "format"
+                       ("densessl-backbone"), "format_version", "densessl_version" and "config" (the training config
+                       as JSON text)
+    config.json        timm's model config (``architecture``, ``num_classes`` 0, ``model_args``, ``pretrained_cfg``
+                       with the input size and normalization), plus a ``densessl`` entry (format, version)
+
+so the folder is what timm reads itself::
+
+    model = timm.create_model("local-dir:RUN/export", pretrained=True)   # strict load, no densessl import needed
 
 ``read_backbone_weights`` recognizes a file by its first bytes (not its name) and always reads on the CPU without
 unpickling Python objects (safetensors, or ``torch.load(weights_only=True)``). It accepts:
 
-* ``.safetensors`` files (architecture from densessl's metadata, when present);
+* folders: an export folder (``model.safetensors``), a run folder (``export/model.safetensors``; run folders of the
+  older layout: ``backbone.safetensors``, else ``backbone.pt``), or a timm/Hugging Face model folder;
+* ``.safetensors`` files (architecture from densessl's metadata, else from a timm ``config.json`` beside the file);
 * torch files (``.pt``/``.pth``/``.bin``) holding a timm state dict (architecture from a ``backbone.json`` in the same
-  folder that lists the file);
+  folder that lists the file, as the older export layout wrote, or from a timm ``config.json`` beside it);
 * densessl training checkpoints (``runs/<run>/checkpoints/last.pt``, ``epoch_*.pt``): the student backbone's
   weights (keys ``backbone.model.*`` of the checkpoint's ``"model"``), architecture and config from the checkpoint;
 * wrapper dicts ``{"state_dict": ...}``, ``{"model": ...}``, ``{"backbone": ...}``, with DDP's ``module.`` prefix
@@ -39,7 +45,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from densessl.atomic import atomic_torch_save, atomic_write, atomic_write_json
+from densessl.atomic import atomic_write, atomic_write_json
 from densessl.convert import (
     FORMATS,
     ConversionReport,
@@ -56,19 +62,28 @@ __all__ = [
     "BackboneWeights",
     "ExportedWeights",
     "convert_file",
+    "export_folder",
     "load_backbone_weights",
     "read_backbone_weights",
     "resolve_arch",
     "save_backbone",
+    "weights_file",
 ]
 
 logger = logging.getLogger("densessl")
 
 FORMAT = "densessl-backbone"
 FORMAT_VERSION = "1"
-SAFETENSORS_NAME = "backbone.safetensors"
-TORCH_NAME = "backbone.pt"
-JSON_NAME = "backbone.json"
+EXPORT_DIR = "export"  # a pretraining run's export folder, RUN/export
+MODEL_NAME = "model.safetensors"  # the weights in an export folder (the name timm's local-dir loader looks for)
+TIMM_CONFIG_NAME = "config.json"  # timm's model config in an export folder
+# The older export layout: RUN/backbone.safetensors, RUN/backbone.pt and RUN/backbone.json (read, never written).
+LEGACY_SAFETENSORS_NAME = "backbone.safetensors"
+LEGACY_TORCH_NAME = "backbone.pt"
+LEGACY_JSON_NAME = "backbone.json"
+
+# The weights files of a timm model folder, which its config.json describes (timm's local-dir loader reads these).
+_TIMM_FOLDER_WEIGHTS = (MODEL_NAME, "pytorch_model.bin", "pytorch_model.pth", "model.pth")
 
 _CHECKPOINT_PREFIX = "backbone.model."  # Pretrainer.backbone (DenseBackbone) .model (the timm model)
 _WRAPPER_KEYS = ("state_dict", "model", "backbone")
@@ -79,14 +94,14 @@ class ExportedWeights:
     """The files ``save_backbone`` wrote.
 
     Attributes:
-        safetensors: ``<run_dir>/backbone.safetensors`` (tensors + metadata; the file to hand to other tools).
-        pt: ``<run_dir>/backbone.pt`` (the same timm state dict, via ``torch.save``).
-        json: ``<run_dir>/backbone.json`` (architecture, config and the list of files).
+        folder: The export folder (``timm.create_model(f"local-dir:{folder}", pretrained=True)`` loads it).
+        safetensors: ``<folder>/model.safetensors`` (tensors + metadata; the file to hand to other tools).
+        config: ``<folder>/config.json`` (timm's model config).
     """
 
+    folder: Path
     safetensors: Path
-    pt: Path
-    json: Path
+    config: Path
 
 
 @dataclass
@@ -100,7 +115,7 @@ class BackboneWeights:
         source: What the file was, e.g. ``"densessl backbone export"``, ``"timm state dict"``,
             ``"densessl training checkpoint (iteration 500)"``.
         path: The file read.
-        arch_origin: Where ``arch`` came from, e.g. ``"backbone.safetensors metadata"``, ``"backbone.json"``,
+        arch_origin: Where ``arch`` came from, e.g. ``"model.safetensors metadata"``, ``"config.json"``,
             ``"checkpoint config"``; ``None`` when ``arch`` is ``None``.
     """
 
@@ -112,7 +127,7 @@ class BackboneWeights:
     arch_origin: str | None = None
 
     def describe_arch(self) -> str:
-        """``"'resnet50' (from backbone.safetensors metadata)"``, or ``"no architecture"``."""
+        """``"'resnet50' (from model.safetensors metadata)"``, or ``"no architecture"``."""
         if self.arch is None:
             return "no architecture"
         return f"{self.arch!r} (from {self.arch_origin})" if self.arch_origin else repr(self.arch)
@@ -152,17 +167,46 @@ def _timm_model(backbone_model: nn.Module) -> nn.Module:
     return inner if is_wrapper else backbone_model
 
 
-def save_backbone(backbone_model: nn.Module, run_dir: str | os.PathLike, arch: str,
+def _timm_config(model: nn.Module, arch: str) -> dict[str, Any]:
+    """timm's model config for ``model`` (``timm.models._hub.save_config_for_hf``, timm's own writer, so the folder
+    parses with the installed timm's ``local-dir:`` loader), with the pretrained-weights provenance of timm's default
+    tag (its tag, licence, paper and URL describe timm's ImageNet weights, not these) removed and a ``densessl``
+    entry added."""
+    import tempfile
+
+    from timm.models._hub import save_config_for_hf
+
+    from densessl import __version__
+
+    densessl = {"format": FORMAT, "format_version": int(FORMAT_VERSION), "densessl_version": __version__,
+                "weights": MODEL_NAME}
+    if not isinstance(getattr(model, "pretrained_cfg", None), dict):  # not a timm model: the architecture alone
+        return {"architecture": _base_name(arch), "num_classes": 0, "pretrained_cfg": {}, "densessl": densessl}
+    model_args = {"dynamic_img_size": True} if getattr(model, "dynamic_img_size", False) else None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / TIMM_CONFIG_NAME
+        save_config_for_hf(model, str(path), model_args=model_args)
+        config = json.loads(path.read_text(encoding="utf-8"))
+    pretrained = config.get("pretrained_cfg", {})
+    for key in ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes", "hf_hub_id", "url", "file"):
+        pretrained.pop(key, None)
+    config["densessl"] = densessl
+    return config
+
+
+def save_backbone(backbone_model: nn.Module, folder: str | os.PathLike, arch: str,
                   config: dict[str, Any] | None = None) -> ExportedWeights:
-    """Write ``backbone.safetensors``, ``backbone.pt`` and ``backbone.json`` into ``run_dir``, each atomically.
+    """Write ``model.safetensors`` and timm's ``config.json`` into the export folder ``folder``, each atomically.
 
     Args:
         backbone_model: The timm model (a ``DenseBackbone`` is unwrapped to its ``.model``); its ``state_dict()``
-            is saved with timm key names.
-        run_dir: Output folder (created if needed). Existing export files are replaced.
+            is saved with timm key names. It must be built with ``num_classes=0`` for timm to load the folder
+            strictly (``DenseBackbone`` builds it so).
+        folder: The export folder (created if needed; ``RUN/export`` for a pretraining run). Existing export files
+            are replaced.
         arch: The timm architecture name, stored so that tools need no ``--arch``.
-        config: The training config as plain types (``densessl.config_io.to_dict``), stored as JSON; values JSON
-            cannot hold are written as their ``str()``.
+        config: The training config as plain types (``densessl.config_io.to_dict``), stored as JSON in the
+            safetensors metadata; values JSON cannot hold are written as their ``str()``.
 
     Returns:
         The paths written.
@@ -177,19 +221,21 @@ def save_backbone(backbone_model: nn.Module, run_dir: str | os.PathLike, arch: s
 
     if not isinstance(arch, str) or not arch:
         raise ValueError(f"save_backbone needs the timm architecture name, got {arch!r}")
-    state = _standalone_tensors(_timm_model(backbone_model).state_dict())
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_text = json.dumps(config, default=str)
+    model = _timm_model(backbone_model)
+    state = _standalone_tensors(model.state_dict())
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
     metadata = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": arch, "densessl_version": __version__,
-                "config": config_text}
-    exported = ExportedWeights(run_dir / SAFETENSORS_NAME, run_dir / TORCH_NAME, run_dir / JSON_NAME)
+                "config": json.dumps(config, default=str)}
+    exported = ExportedWeights(folder, folder / MODEL_NAME, folder / TIMM_CONFIG_NAME)
     atomic_write(exported.safetensors, lambda handle: handle.write(safetensors_bytes(state, metadata=metadata)))
-    atomic_torch_save(state, exported.pt)
-    atomic_write_json(exported.json, {"format": FORMAT, "format_version": int(FORMAT_VERSION),
-                                      "densessl_version": __version__, "arch": arch, "config": json.loads(config_text),
-                                      "files": [SAFETENSORS_NAME, TORCH_NAME]})
+    atomic_write_json(exported.config, _timm_config(model, arch))
     return exported
+
+
+def export_folder(run_dir: str | os.PathLike) -> Path:
+    """A pretraining run's export folder, ``RUN/export``."""
+    return Path(run_dir) / EXPORT_DIR
 
 
 # --------------------------------------------------------------------------- #
@@ -209,25 +255,38 @@ def _read_safetensors(path: Path) -> BackboneWeights:
     if not isinstance(config, dict):
         config = None
     densessl = metadata.get("format") == FORMAT
+    origin = f"{path.name} metadata" if arch else None
+    if arch is None:
+        arch, _, origin = _sidecar_arch(path)
     return BackboneWeights(state, arch, config, "densessl backbone export" if densessl else "safetensors state dict",
-                           path, f"{path.name} metadata" if arch else None)
+                           path, origin)
 
 
-def _sidecar_arch(path: Path) -> tuple[str | None, dict[str, Any] | None]:
-    """Architecture and config from ``backbone.json`` beside ``path``, if that file lists ``path``'s name."""
-    sidecar = path.parent / JSON_NAME
-    if not sidecar.is_file():
-        return None, None
+def _sidecar_arch(path: Path) -> tuple[str | None, dict[str, Any] | None, str | None]:
+    """Architecture, config and the file they came from, from a file beside ``path``: ``backbone.json`` when it
+    lists ``path``'s name (the older export layout), else a timm ``config.json`` when ``path`` has one of the names
+    timm gives the weights of a model folder (an export, a timm/Hugging Face model folder); ``(None, None, None)``
+    when neither states one."""
+    sidecar = path.parent / LEGACY_JSON_NAME
+    data = _read_json(sidecar) if sidecar.is_file() else None
+    if isinstance(data, dict) and path.name in (data.get("files") or []):
+        arch = data.get("arch") if isinstance(data.get("arch"), str) and data.get("arch") else None
+        config = data.get("config") if isinstance(data.get("config"), dict) else None
+        if arch:
+            return arch, config, LEGACY_JSON_NAME
+    timm_config = path.parent / TIMM_CONFIG_NAME
+    data = _read_json(timm_config) if path.name in _TIMM_FOLDER_WEIGHTS and timm_config.is_file() else None
+    if isinstance(data, dict) and isinstance(data.get("architecture"), str) and data["architecture"]:
+        return data["architecture"], None, TIMM_CONFIG_NAME
+    return None, None, None
+
+
+def _read_json(path: Path) -> Any:
     try:
-        data = json.loads(sidecar.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        logger.warning("ignoring %s: %s", sidecar, error)
-        return None, None
-    if not isinstance(data, dict) or path.name not in (data.get("files") or []):
-        return None, None
-    arch = data.get("arch") if isinstance(data.get("arch"), str) and data.get("arch") else None
-    config = data.get("config") if isinstance(data.get("config"), dict) else None
-    return arch, config
+        logger.warning("ignoring %s: %s", path, error)
+        return None
 
 
 def _is_training_checkpoint(loaded: Any) -> bool:
@@ -252,7 +311,7 @@ def _from_checkpoint(path: Path, state: dict[str, Any]) -> BackboneWeights:
         recipe = f" of recipe {state['recipe']!r}" if isinstance(state.get("recipe"), str) else ""
         raise ValueError(f"weights file {str(path)!r} is a densessl training checkpoint{recipe} without pretraining "
                          f"backbone weights (no '{_CHECKPOINT_PREFIX}*' keys in its 'model' entry); pass the "
-                         "backbone.safetensors of a pretraining run instead")
+                         "export folder of a pretraining run (RUN/export) instead")
     config = state.get("config") if isinstance(state.get("config"), dict) else None
     arch, origin = state.get("arch"), "checkpoint"
     if not (isinstance(arch, str) and arch):
@@ -289,29 +348,50 @@ def _unwrap_state_dict(path: Path, loaded: Any) -> tuple[dict[str, Tensor], str]
     return state, source
 
 
+# In a folder given as weights, in this order: an export folder, a run folder, a run folder of the older layout.
+_FOLDER_WEIGHTS = (MODEL_NAME, f"{EXPORT_DIR}/{MODEL_NAME}", LEGACY_SAFETENSORS_NAME, LEGACY_TORCH_NAME)
+
+
+def weights_file(path: str | os.PathLike) -> Path:
+    """The weights file a path names: ``path`` itself, or for a folder the first of ``model.safetensors`` (an export
+    or timm model folder), ``export/model.safetensors`` (a run folder), ``backbone.safetensors`` and ``backbone.pt``
+    (a run folder of the older layout) that it holds.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: A folder that holds none of those files (the message lists what was looked for).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        if not path.exists():
+            raise FileNotFoundError(f"backbone weights file not found: {str(path)!r}")
+        return path
+    found = next((path / name for name in _FOLDER_WEIGHTS if (path / name).is_file()), None)
+    if found is None:
+        raise ValueError(f"weights folder {str(path)!r} holds no weights file (looked for {', '.join(_FOLDER_WEIGHTS)}"
+                         "); pass a run folder, its export folder or a weights file")
+    return found
+
+
 def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:
     """Read a backbone's timm state dict, and the architecture/config the file states, from any accepted file.
 
     See the module docstring for the accepted files. Nothing is unpickled beyond tensors and plain types.
 
     Args:
-        path: A ``.safetensors`` file, a torch file holding a (wrapped) state dict, or a densessl training
-            checkpoint.
+        path: A ``.safetensors`` file, a torch file holding a (wrapped) state dict, a densessl training checkpoint,
+            or a folder holding one (``weights_file``: a run or export folder).
 
     Returns:
         The weights, with ``arch``/``config`` as stated by the file (``None`` when it states none).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: The file is a directory, is empty, is neither a torch nor a safetensors file, is damaged or
-            truncated, holds Python objects other than tensors, or holds no tensors (the message names the file and
-            the cause).
+        ValueError: A folder without weights, a file that is empty, is neither a torch nor a safetensors file, is
+            damaged or truncated, holds Python objects other than tensors, or holds no tensors (the message names the
+            file and the cause).
     """
-    path = Path(path)
-    if path.is_dir():
-        inside = next((path / name for name in (SAFETENSORS_NAME, TORCH_NAME) if (path / name).is_file()), None)
-        hint = f"; did you mean {str(inside)!r}?" if inside else ""
-        raise ValueError(f"weights path {str(path)!r} is a directory, not a weights file{hint}")
+    path = weights_file(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone weights file not found: {str(path)!r}")
     if file_kind(path, "weights file", "export or copy it again", noun="weights file") == "safetensors":
@@ -324,11 +404,10 @@ def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:
     if published is not None:
         return published
     state, source = _unwrap_state_dict(path, loaded)
-    arch, config = _sidecar_arch(path)
-    origin = JSON_NAME if arch else None
+    arch, config, origin = _sidecar_arch(path)
     if arch is None and isinstance(loaded, dict) and isinstance(loaded.get("arch"), str) and loaded["arch"]:
         arch, origin = loaded["arch"], "the file's 'arch' entry"
-    if arch is not None and source == "timm state dict" and origin == JSON_NAME:
+    if arch is not None and source == "timm state dict" and origin == LEGACY_JSON_NAME:
         source = "densessl backbone export"
     return BackboneWeights(state, arch, config, source, path, origin)
 
@@ -465,9 +544,9 @@ def convert_file(path: str | os.PathLike, arch: str | None = None, source_format
         path: The checkpoint file.
         arch: The timm architecture; ``None`` infers it from the tensor shapes (``infer_arch``).
         source_format: The layout (a key of ``FORMATS``); ``None`` detects it.
-        out: Folder for ``backbone.safetensors``, ``backbone.pt`` and ``backbone.json``
-            (``densessl.weights.save_backbone``; the stored config records the source file, its SHA-256, the
-            format and the report's counts). ``None``: convert and check only.
+        out: Export folder for ``model.safetensors`` and ``config.json`` (``densessl.weights.save_backbone``; the
+            stored config records the source file, its SHA-256, the format and the report's counts). ``None``: convert
+            and check only.
         branch: ``"teacher"`` (default) or ``"student"`` for DINO, iBOT and DINOv2 checkpoints.
         allow_partial: Accept (and write) a conversion with missing or unexpected tensors.
 
@@ -525,7 +604,7 @@ def _read_published(path: Path, loaded: Any) -> BackboneWeights | None:
         return None
     where = f"weights file {str(path)!r} ({FORMATS[fmt]})"
     fix = (f"convert it with densessl-convert (python -m densessl.cli.convert) {str(path)!r} --arch NAME --out DIR "
-           "and use DIR/backbone.safetensors")
+           "and use DIR (timm loads it too: timm.create_model('local-dir:DIR', pretrained=True))")
     arch = infer_arch(loaded, fmt)
     if arch is None:
         raise ValueError(f"{where}: cannot infer the architecture from its tensor shapes; {fix}")

@@ -11,18 +11,18 @@ CONFIG=configs/pretrain/vicregl_resnet18_synthetic.yaml
 RUN="${DEMO_RUN:-runs/demo}"
 SIZE="${DEMO_EVAL_SIZE:-224}"
 
-if [ -f "$RUN/backbone.safetensors" ]; then
+if [ -f "$RUN/export/model.safetensors" ]; then
     echo "[demo] reusing the finished pretraining run in $RUN (delete it to retrain)"
 else
-    # --resume auto: continues an interrupted run (or one made before backbone.safetensors existed), else starts.
+    # --resume auto: continues an interrupted run, else starts.
     echo "[demo] pretraining: $CONFIG -> $RUN"
     $PY -m densessl.cli.train "$CONFIG" --output-dir "$RUN" --resume auto
 fi
 
 mkdir -p "$RUN/eval"
 for protocol in linear knn; do
-    # The pretrained backbone's architecture comes from backbone.safetensors; random init needs --arch.
-    for weights in "$RUN/backbone.safetensors" random; do
+    # The run folder's export states its architecture; random init needs --arch.
+    for weights in "$RUN" random; do
         name=$([ "$weights" = random ] && echo random || echo vicregl)
         arch=$([ "$weights" = random ] && echo "--arch resnet18" || echo "")
         echo "[demo] $protocol evaluation of $name (synthetic val, input $SIZE)"
@@ -38,4 +38,4 @@ for protocol in linear knn; do
         --labels vicregl random
 done
 echo
-echo "[demo] done. Pretraining metrics: $RUN/metrics.jsonl; backbone: $RUN/backbone.safetensors; evaluations: $RUN/eval/"
+echo "[demo] done. Pretraining metrics: $RUN/metrics.jsonl; backbone: $RUN; evaluations: $RUN/eval/"

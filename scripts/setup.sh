@@ -3,7 +3,7 @@
 #
 #   bash scripts/setup.sh demo   what scripts/demo.sh needs: densessl itself (pretraining + segmentation evaluation)
 #   bash scripts/setup.sh test   everything the test suite imports: the dev extra (pytest, mmseg on mmcv-lite,
-#                                matplotlib, pycocotools, tensorboard, faiss-cpu)
+#                                matplotlib, pycocotools, tensorboard, faiss-cpu, wandb)
 #
 # Nothing is compiled: mmsegmentation runs on mmcv-lite with densessl's pure-Python mmcv.ops stand-in. Re-running is
 # a no-op unless pyproject.toml or this script changed (a "test" set-up also satisfies "demo"). Works from a clean
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 PROFILE="${1:-test}"
 case "$PROFILE" in
     demo) EXTRAS="" ; CHECK="import densessl, torch, torchvision, timm, einops, safetensors" ;;
-    test) EXTRAS="[dev]" ; CHECK="import densessl, torch, torchvision, timm, pytest, xdist, mmseg, mmengine, matplotlib, pycocotools, faiss, torch.utils.tensorboard" ;;
+    test) EXTRAS="[dev]" ; CHECK="import densessl, torch, torchvision, timm, pytest, xdist, mmseg, mmengine, matplotlib, pycocotools, faiss, torch.utils.tensorboard, wandb" ;;
     *) echo "[setup] unknown profile '$PROFILE' (use: demo or test)" >&2; exit 2 ;;
 esac
 PYTHON="${PYTHON:-python3}"

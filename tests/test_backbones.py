@@ -79,14 +79,14 @@ def test_arch_from_the_weights_file(tmp_path: Path) -> None:
     from densessl.weights import read_backbone_weights, save_backbone
 
     source = DenseBackbone("resnet18", levels=(-2, -1))
-    exported = save_backbone(source.model, tmp_path / "run", "resnet18", {"model": {"arch": "resnet18"}})
-    for path in (exported.safetensors, exported.pt):  # backbone.pt: the arch comes from backbone.json
+    exported = save_backbone(source.model, tmp_path / "run" / "export", "resnet18", {"model": {"arch": "resnet18"}})
+    for path in (exported.safetensors, exported.folder, tmp_path / "run"):  # the file, the export, the run folder
         backbone = DenseBackbone(weights=path, levels=(-2, -1))
         assert backbone.arch == "resnet18" and backbone.channels == [256, 512]
         torch.testing.assert_close(backbone.model.conv1.weight, source.model.conv1.weight)
     read = read_backbone_weights(exported.safetensors)  # already read weights are accepted too
     assert DenseBackbone(weights=read).arch == "resnet18"
-    with pytest.raises(ValueError, match=r"weights are for 'resnet18' \(from backbone.safetensors metadata\) but the "
+    with pytest.raises(ValueError, match=r"weights are for 'resnet18' \(from model.safetensors metadata\) but the "
                                          r"model is 'resnet34'"):
         DenseBackbone("resnet34", weights=exported.safetensors)
     torch.save(source.model.state_dict(), tmp_path / "plain.pt")  # a timm state dict states no architecture

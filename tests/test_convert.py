@@ -453,13 +453,12 @@ def test_convert_file_round_trip(tmp_path: Path, resnet18: State) -> None:
     torch.save(checkpoint, source)
     report = convert_file(source, "resnet18", out=tmp_path / "out")
     assert report.complete and report.source_format == "vicregl" and sorted(report.dropped) == sorted(heads)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["backbone.json", "backbone.pt",
-                                                                    "backbone.safetensors"]
-    for name in ("backbone.safetensors", "backbone.pt"):
-        read = read_backbone_weights(tmp_path / "out" / name)
-        assert read.arch == "resnet18"
-        _assert_exact(read.state_dict, resnet18)
-    provenance = read_backbone_weights(tmp_path / "out" / "backbone.safetensors").config["converted_from"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    read = read_backbone_weights(tmp_path / "out")
+    assert read.arch == "resnet18"
+    _assert_exact(read.state_dict, resnet18)
+    _assert_exact(timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True).state_dict(), resnet18)
+    provenance = read.config["converted_from"]
     assert provenance["file"] == "model.pth" and provenance["format"] == "vicregl" and len(provenance["sha256"]) == 64
     assert convert_file(source).arch == "resnet18"  # inferred, nothing written
 
@@ -470,7 +469,7 @@ def test_convert_file_reads_dino_checkpoints_with_their_args(tmp_path: Path, vit
     torch.save(checkpoint, source)  # holds an argparse.Namespace, like DINO's and iBOT's
     report = convert_file(source, out=tmp_path / "out")
     assert report.arch == "vit_tiny_patch16_224" and report.source_format == "dino" and report.complete
-    _assert_exact(read_backbone_weights(tmp_path / "out" / "backbone.safetensors").state_dict, vit_tiny)
+    _assert_exact(read_backbone_weights(tmp_path / "out").state_dict, vit_tiny)
 
 
 def test_convert_file_refuses_partial_conversions(tmp_path: Path, resnet18: State) -> None:
@@ -480,7 +479,7 @@ def test_convert_file_refuses_partial_conversions(tmp_path: Path, resnet18: Stat
         convert_file(source, "resnet18", out=tmp_path / "out")
     assert not (tmp_path / "out").exists()
     report = convert_file(source, "resnet18", out=tmp_path / "out", allow_partial=True)
-    assert report.missing and not report.complete and (tmp_path / "out" / "backbone.safetensors").is_file()
+    assert report.missing and not report.complete and (tmp_path / "out" / "model.safetensors").is_file()
 
 
 def test_published_checkpoints_load_where_weights_files_do(tmp_path: Path, resnet18: State,
@@ -521,8 +520,8 @@ def test_cli(tmp_path: Path, resnet18: State, capsys: pytest.CaptureFixture[str]
     assert convert_main([str(source), "--arch", "resnet18", "--out", str(tmp_path / "out")]) == 0
     output = capsys.readouterr().out
     assert f"PixPro checkpoint (zdaxie/PixPro) -> resnet18: {len(resnet18)} tensors loaded, 0 missing" in output
-    assert f"module.encoder_k.* ({len(resnet18)})" in output and "backbone.safetensors" in output
-    _assert_exact(read_backbone_weights(tmp_path / "out" / "backbone.safetensors").state_dict, resnet18)
+    assert f"module.encoder_k.* ({len(resnet18)})" in output and "local-dir:" in output
+    _assert_exact(read_backbone_weights(tmp_path / "out").state_dict, resnet18)
     assert convert_main([str(source)]) == 0 and "checked only" in capsys.readouterr().out  # arch inferred
     assert convert_main([str(source), "--arch", "vit_tiny_patch16_224", "--out", str(tmp_path / "bad")]) == 2
     errors = capsys.readouterr().err.strip().splitlines()

@@ -114,10 +114,11 @@ def test_every_card_runs_as_a_smoke_run(path: Path, tmp_path: Path, capsys: pyte
 def test_typo_in_a_card_key_is_one_error_line_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     source = (Path(CARDS[0]).parent / "vicregl_r50_voc_linear.yaml").read_text()
     cases = {
-        "    epochs: 60": ("    epoch: 60", "error: seg.linear.epoch: unknown key; did you mean 'epochs'?"),
-        "task: seg_linear": ("task: seg_linaer", "error: task: must be one of"),
-        "published:": ("publshed:", "error: publshed: unknown key; did you mean 'published'?"),
-        "  metric: mIoU": ("  metric: box_AP", "error: published.metric: seg_linear measures mIoU"),
+        "    epochs: 60": ("    epoch: 60",
+                          "error: densessl-reproduce: seg.linear.epoch: unknown key; did you mean 'epochs'?"),
+        "task: seg_linear": ("task: seg_linaer", "error: densessl-reproduce: task: must be one of"),
+        "published:": ("publshed:", "error: densessl-reproduce: publshed: unknown key; did you mean 'published'?"),
+        "  metric: mIoU": ("  metric: box_AP", "error: densessl-reproduce: published.metric: seg_linear measures mIoU"),
     }
     for original, (typo, message) in cases.items():
         assert original in source
@@ -220,7 +221,7 @@ def test_continue_a_published_global_model_with_vicregl_and_compare_with_a_card(
     config = Path(__file__).resolve().parents[1] / "configs" / "pretrain" / "_tiny_test.yaml"
     cfg = load_config(config, ["model.arch=vit_tiny_patch16_224", f"model.weights={dino}", "train.max_iters=2"])
     result = train(cfg, tmp_path / "run")
-    assert result.backbone_path is not None and result.backbone_path.name == "backbone.safetensors"
+    assert result.backbone_path is not None and result.backbone_path.name == "model.safetensors"
 
     measured = {}
     for label, weights in (("before", dino), ("after", result.backbone_path)):

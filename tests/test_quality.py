@@ -63,7 +63,8 @@ def test_a_cached_run_of_other_settings_is_refused(tmp_path: Path, monkeypatch: 
     run_dir.mkdir()
     save_config(load_config(quality.ROOT / config, [f"data.root={data_root / 'images' / 'train'}", *overrides,
                                                     "train.seed=0"]), run_dir / "config.yaml")
-    (run_dir / "backbone.pt").write_bytes(b"")
+    (run_dir / "export").mkdir()
+    (run_dir / "export" / "model.safetensors").write_bytes(b"")
     (run_dir / "pretrain_time.json").write_text(json.dumps({"seconds": 5.0}))
     assert quality.pretrain("vicreg", "scenes", data_root, 0, run_dir, None, 1) == 5.0  # same settings: reused
     with pytest.raises(SystemExit, match=r"train\.epochs: run 12, asked 24.*own --work-dir"):
@@ -102,7 +103,7 @@ def test_the_table_adds_same_seed_differences_to_vicreg(tmp_path: Path, monkeypa
         return 60.0
 
     def fake_evaluate(weights, seed, protocol, out, *args, **kwargs):
-        variant = "random" if weights == "random" else Path(weights).parent.name.rsplit("_s", 1)[0]
+        variant = "random" if weights == "random" else Path(weights).name.rsplit("_s", 1)[0]  # the run folder
         return scores[(variant, seed)] + (0.5 if protocol == "knn" else 0.0)
 
     monkeypatch.setattr(quality, "pretrain", fake_pretrain)
@@ -165,7 +166,8 @@ def test_a_scene_set_selects_the_scene_recipes_and_its_own_work_dir(tmp_path: Pa
 
     def fake_pretrain(variant, data, data_root, seed, run_dir, epochs, *args, **kwargs):
         seen.update(data=data, data_root=data_root, run_dir=run_dir, epochs=epochs)
-        (run_dir / "backbone.pt").write_bytes(b"")
+        (run_dir / "export").mkdir(parents=True)
+        (run_dir / "export" / "model.safetensors").write_bytes(b"")
         return 1.0
 
     monkeypatch.setattr(quality, "pretrain", fake_pretrain)

@@ -1,4 +1,5 @@
-"""densessl.weights: the backbone export (safetensors + pt + json), reading every accepted file, clear errors."""
+"""densessl.weights: the backbone export (model.safetensors + timm config.json), reading every accepted file, clear
+errors."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from densessl.backbones import DenseBackbone
 from densessl.weights import (
     FORMAT,
     BackboneWeights,
+    export_folder,
     load_backbone_weights,
     read_backbone_weights,
     resolve_arch,
     save_backbone,
+    weights_file,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,39 +46,87 @@ def test_export_round_trip(tmp_path: Path, arch: str) -> None:
     backbone = DenseBackbone(arch)
     expected = backbone.model.state_dict()
     config = {**CONFIG, "model": {**CONFIG["model"], "arch": arch}}
-    exported = save_backbone(backbone.model, tmp_path / "run", arch, config)
-    assert exported.safetensors == tmp_path / "run" / "backbone.safetensors"
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["backbone.json", "backbone.pt",
-                                                                    "backbone.safetensors"]  # no temporary files
+    run = tmp_path / "run"
+    exported = save_backbone(backbone.model, export_folder(run), arch, config)
+    assert exported.folder == run / "export" and exported.safetensors == run / "export" / "model.safetensors"
+    assert sorted(p.name for p in exported.folder.iterdir()) == ["config.json", "model.safetensors"]  # one copy
 
     from_safetensors = read_backbone_weights(exported.safetensors)
     _assert_same(from_safetensors.state_dict, expected)
     assert from_safetensors.arch == arch and from_safetensors.config == config
     assert from_safetensors.source == "densessl backbone export"
-    assert from_safetensors.arch_origin == "backbone.safetensors metadata"
+    assert from_safetensors.arch_origin == "model.safetensors metadata"
+    # The run folder and the export folder name the same file.
+    assert weights_file(run) == weights_file(exported.folder) == exported.safetensors
+    _assert_same(read_backbone_weights(run).state_dict, expected)
 
-    from_pt = read_backbone_weights(exported.pt)  # the architecture comes from backbone.json
-    _assert_same(from_pt.state_dict, expected)
-    assert from_pt.arch == arch and from_pt.config == config and from_pt.arch_origin == "backbone.json"
-
-    # Plain timm and plain safetensors read the files without densessl.
-    model = timm.create_model(arch, pretrained=False, num_classes=0)
-    model.load_state_dict(torch.load(exported.pt, weights_only=True))  # strict
+    # timm loads the export folder itself, strictly, with the same outputs; plain safetensors reads the file.
+    model = timm.create_model(f"local-dir:{exported.folder}", pretrained=True).eval()
+    assert type(model) is type(backbone.model) and model.num_classes == 0
+    x = torch.randn(1, 3, 64, 64) if arch == "resnet18" else torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(model(x), backbone.model.eval()(x))
     _assert_same(load_file(exported.safetensors), expected)
     with safe_open(str(exported.safetensors), framework="pt") as handle:
         metadata = handle.metadata()
     assert metadata["arch"] == arch and metadata["format"] == FORMAT and metadata["densessl_version"]
     assert json.loads(metadata["config"]) == config
-    sidecar = json.loads(exported.json.read_text())
-    assert sidecar["arch"] == arch and sidecar["config"] == config
-    assert sidecar["files"] == ["backbone.safetensors", "backbone.pt"]
+    timm_config = json.loads(exported.config.read_text())
+    assert timm_config["architecture"] == arch and timm_config["num_classes"] == 0
+    assert timm_config["densessl"]["format"] == FORMAT
+    # Provenance of timm's default ImageNet weights does not describe these weights.
+    assert not {"tag", "license", "origin_url", "paper_ids"} & set(timm_config["pretrained_cfg"])
+    if arch.startswith("vit"):  # densessl builds ViTs with dynamic_img_size=True; the export rebuilds them so
+        assert timm_config["model_args"]["dynamic_img_size"] is True
 
     # A DenseBackbone (a DenseBackbone passed to save_backbone is unwrapped too) needs no arch.
     again = save_backbone(backbone, tmp_path / "again", arch, None)
     assert read_backbone_weights(again.safetensors).config is None
-    rebuilt = DenseBackbone(weights=exported.safetensors)
+    rebuilt = DenseBackbone(weights=run)
     assert rebuilt.arch == arch
     _assert_same(rebuilt.model.state_dict(), expected)
+
+
+def test_run_folders_of_the_older_export_layout_are_read(tmp_path: Path) -> None:
+    """RUN/backbone.safetensors (arch in its metadata) or RUN/backbone.pt + RUN/backbone.json (arch in the json)."""
+    from safetensors.torch import save_file
+
+    state = timm.create_model("resnet18", pretrained=False, num_classes=0).state_dict()
+    both, pt_only = tmp_path / "both", tmp_path / "pt_only"
+    for run in (both, pt_only):
+        run.mkdir()
+        torch.save(state, run / "backbone.pt")
+        (run / "backbone.json").write_text(json.dumps({"arch": "resnet18", "config": CONFIG,
+                                                       "files": ["backbone.safetensors", "backbone.pt"]}))
+    save_file(state, str(both / "backbone.safetensors"), metadata={"format": FORMAT, "arch": "resnet18",
+                                                                   "config": json.dumps(CONFIG)})
+    assert weights_file(both) == both / "backbone.safetensors" and weights_file(pt_only) == pt_only / "backbone.pt"
+    for run, origin in ((both, "backbone.safetensors metadata"), (pt_only, "backbone.json")):
+        read = read_backbone_weights(run)
+        assert read.arch == "resnet18" and read.arch_origin == origin and read.config == CONFIG
+        _assert_same(read.state_dict, state)
+        assert DenseBackbone(weights=run).arch == "resnet18"
+
+
+def test_a_timm_model_folder_states_its_architecture_in_config_json(tmp_path: Path) -> None:
+    """A folder as timm/Hugging Face save it (model.safetensors without densessl metadata, config.json, a classifier
+    head): the architecture comes from config.json and the head is skipped on load."""
+    from safetensors.torch import save_file
+
+    model = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    save_file(model.state_dict(), str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "resnet18", "num_classes": 10}))
+    read = read_backbone_weights(tmp_path)
+    assert read.arch == "resnet18" and read.arch_origin == "config.json" and read.source == "safetensors state dict"
+    backbone = DenseBackbone(weights=tmp_path)
+    assert torch.equal(backbone.model.conv1.weight, model.conv1.weight)
+
+
+def test_a_folder_without_weights_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("method: vicregl\n")
+    with pytest.raises(ValueError, match=r"weights folder .* holds no weights file \(looked for model.safetensors, "
+                                         r"export/model.safetensors, backbone.safetensors, backbone.pt\)"):
+        read_backbone_weights(tmp_path)
 
 
 def test_export_of_shared_and_non_contiguous_tensors(tmp_path: Path) -> None:
@@ -94,13 +145,15 @@ def test_export_of_shared_and_non_contiguous_tensors(tmp_path: Path) -> None:
     assert set(read.state_dict) == {"a.weight", "b.weight", "t", "part"}
     for key, value in model.state_dict().items():
         assert torch.equal(read.state_dict[key], value)
-    assert torch.equal(torch.load(exported.pt, weights_only=True)["part"], torch.arange(2.0, 6.0))
+    assert torch.equal(load_file(exported.safetensors)["part"], torch.arange(2.0, 6.0))
 
 
 def test_export_replaces_an_earlier_export(tmp_path: Path) -> None:
     save_backbone(nn.Linear(2, 2), tmp_path, "resnet18")
     save_backbone(nn.Linear(3, 3), tmp_path, "resnet34")
-    read = read_backbone_weights(tmp_path / "backbone.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.safetensors"]  # no temporary files
+    assert json.loads((tmp_path / "config.json").read_text())["architecture"] == "resnet34"
+    read = read_backbone_weights(tmp_path)
     assert read.arch == "resnet34" and read.state_dict["weight"].shape == (3, 3)
     with pytest.raises(ValueError, match="architecture name"):
         save_backbone(nn.Linear(2, 2), tmp_path, "")
@@ -139,7 +192,10 @@ def test_checkpoint_of_a_real_tiny_pretraining_run(tmp_path: Path) -> None:
     from densessl.train.pretrain import train
 
     result = train(load_config(TINY, ["train.max_iters=2"]), tmp_path / "run")
-    assert result.backbone_path == tmp_path / "run" / "backbone.safetensors"
+    assert result.backbone_path == tmp_path / "run" / "export" / "model.safetensors"
+    # A finished run keeps one export, last.pt and stable.pt (a hard link); previous.pt is dropped.
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) in (["last.pt"],
+                                                                                    ["last.pt", "stable.pt"])
     export = read_backbone_weights(result.backbone_path)
     checkpoint = read_backbone_weights(tmp_path / "run" / "checkpoints" / "last.pt")
     assert checkpoint.source == "densessl training checkpoint (iteration 2)" and checkpoint.arch == "resnet18"
@@ -161,7 +217,7 @@ def test_wrapped_state_dicts(tmp_path: Path) -> None:
     torch.save({"arch": "resnet18", "state_dict": state}, tmp_path / "with_arch.pt")
     assert read_backbone_weights(tmp_path / "with_arch.pt").arch == "resnet18"
     # backbone.json only speaks for the files it lists.
-    save_backbone(nn.Linear(2, 2), tmp_path, "resnet50")
+    (tmp_path / "backbone.json").write_text(json.dumps({"arch": "resnet50", "files": ["backbone.pt"]}))
     assert read_backbone_weights(tmp_path / "model.pt").arch is None
 
 
@@ -192,7 +248,8 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     exported = save_backbone(nn.Linear(8, 8), tmp_path / "export", "resnet18")
     files["damaged_safetensors"] = tmp_path / "damaged.safetensors"
     files["damaged_safetensors"].write_bytes(exported.safetensors.read_bytes()[:-10])
-    files["directory"] = tmp_path / "export"
+    files["directory"] = tmp_path / "empty_folder"
+    files["directory"].mkdir()
     return files
 
 
@@ -208,7 +265,7 @@ def _bad_files(tmp_path: Path) -> dict[str, Path]:
     ("not_tensors", "is not a state dict of tensors: it holds float, int values"),
     ("tensor", "holds a Tensor, not a state dict"),
     ("damaged_safetensors", "is a damaged or truncated safetensors file"),
-    ("directory", "is a directory, not a weights file; did you mean"),
+    ("directory", "holds no weights file (looked for model.safetensors"),
 ])
 def test_bad_files_give_one_clear_error(tmp_path: Path, case: str, message: str) -> None:
     path = _bad_files(tmp_path)[case]
@@ -229,7 +286,7 @@ def test_missing_file(tmp_path: Path) -> None:
 def test_load_names_both_architectures_when_keys_do_not_fit(tmp_path: Path) -> None:
     exported = save_backbone(timm.create_model("resnet34", pretrained=False, num_classes=0), tmp_path, "resnet34")
     model = timm.create_model("resnet18", pretrained=False, num_classes=0)
-    with pytest.raises(ValueError, match=r"weights are for 'resnet34' \(from backbone.safetensors metadata\) but the "
+    with pytest.raises(ValueError, match=r"weights are for 'resnet34' \(from model.safetensors metadata\) but the "
                                          r"model is 'resnet18'; \d+ missing keys"):
         load_backbone_weights(model, exported.safetensors)
     # A file without an architecture: the key report alone.

@@ -1,7 +1,11 @@
-"""What the training tools (``densessl-train``, ``densessl-finetune-det``) share: run arguments, logging, exit codes.
+"""What the command-line tools share: the error line, run arguments, logging, exit codes.
 
-Exit codes of every training tool: 0 done, 2 bad config, arguments, data or run directory (one ``error:`` line),
-3 non-finite loss, 130 stopped by a signal after saving a checkpoint (a scheduler may requeue with ``--resume auto``).
+Every command reports a user error as one line on stderr, ``error: <command>: <message>`` (``print_error``; a config
+mistake reads ``error: <command>: config error: <key>: ...``), and exits with 2.
+
+Exit codes of every training tool (``densessl-train``, ``densessl-finetune-det``): 0 done, 2 bad config, arguments,
+data or run directory, 3 non-finite loss, 130 stopped by a signal after saving a checkpoint (a scheduler may requeue
+with ``--resume auto``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,13 @@ EXIT_OK, EXIT_USAGE, EXIT_NON_FINITE, EXIT_STOPPED = 0, 2, 3, 130
 
 
 RESUME_MODES = ("yes", "auto")
+
+
+def print_error(command: str, message: object) -> int:
+    """Print ``error: <command>: <message>`` as one line on stderr (whitespace and line breaks collapsed); returns
+    ``EXIT_USAGE`` (2) for ``return print_error(...)``."""
+    print(f"error: {command}: {' '.join(str(message).split())}", file=sys.stderr)
+    return EXIT_USAGE
 
 
 def add_resume_argument(parser: argparse.ArgumentParser, help: str) -> None:
@@ -80,18 +91,17 @@ def print_config(cfg: Any) -> None:
     print(yaml.safe_dump(plain, sort_keys=False, default_flow_style=False), end="")
 
 
-def run_tool(body: Callable[[], int], non_finite: type[BaseException]) -> int:
-    """Run a training tool's body; turn user-facing errors into one ``error:`` line and an exit code."""
+def run_tool(body: Callable[[], int], non_finite: type[BaseException], command: str) -> int:
+    """Run a training tool's body; turn user-facing errors into one ``error: <command>:`` line and an exit code."""
     from densessl.data.images import ImageLoadError
 
     try:
         return body()
     except non_finite as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(command, error)
         return EXIT_NON_FINITE
     except (FileExistsError, FileNotFoundError, ValueError, ImageLoadError, DiskFullError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return print_error(command, error)
 
 
 def training_main(
@@ -136,8 +146,7 @@ def training_main(
     try:
         cfg = load(args.config, args.overrides)
     except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return print_error(command, f"config error: {error}")
     if args.print_config:
         print_config(cfg)
         return EXIT_OK
@@ -153,7 +162,7 @@ def training_main(
             report(result, cfg)
         return EXIT_OK
 
-    return run_tool(body, non_finite)
+    return run_tool(body, non_finite, command)
 
 
 def check_output_path(out: str, option: str = "--out", example: str = "result.json") -> None:

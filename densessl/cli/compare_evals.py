@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Print evaluation JSON files (from tools/eval_seg.py) side by side: ``python tools/compare_evals.py A.json B.json ...``.
 
-One column per file (labelled ``--labels``, else by the run folder of its weights: ``runs/x/backbone.safetensors`` ->
-``x``), rows: mIoU, pixel accuracy and per-class IoU; the settings shared by all files are printed once below and the
-ones that differ are named. Files of different protocols or datasets are refused (``--allow-different`` prints them
-anyway): their numbers are not comparable.
+One column per file (labelled ``--labels``, else by the run folder of its weights: ``runs/x``,
+``runs/x/export/model.safetensors`` and ``runs/x/checkpoints/last.pt`` -> ``x``), rows: mIoU, pixel accuracy and
+per-class IoU; the settings shared by all files are printed once below and the ones that differ are named. Files of
+different protocols or datasets are refused (``--allow-different`` prints them anyway): their numbers are not
+comparable.
 """
 
 from __future__ import annotations
@@ -13,6 +14,10 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+from densessl.cli.common import print_error
+
+COMMAND = "densessl-compare-evals"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,18 +30,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = [json.loads(Path(f).read_text()) for f in args.files]
     except (OSError, json.JSONDecodeError) as error:
-        print(f"error: densessl-compare-evals: {error}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, error)
     labels = args.labels or _labels(results, args.files)
     if len(labels) != len(results):
-        print("error: densessl-compare-evals: give one label per file", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, "give one label per file")
     kinds = [(r.get("protocol"), r.get("dataset")) for r in results]
     if len(set(kinds)) > 1 and not args.allow_different:
         listed = "; ".join(f"{f}: {p} on {d}" for f, (p, d) in zip(args.files, kinds))
-        print(f"error: densessl-compare-evals: the files are evaluations of different protocols or datasets "
-              f"({listed}); compare files of one protocol, or pass --allow-different", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, f"the files are evaluations of different protocols or datasets ({listed}); "
+                                    "compare files of one protocol, or pass --allow-different")
     width = max(12, *(len(label) + 2 for label in labels))
     header = f"{'':<22}" + "".join(f"{label:>{width}}" for label in labels)
     print(header)
@@ -65,10 +67,12 @@ def _labels(results: list[dict], files: list[str]) -> list[str]:
     labels = []
     for result, file in zip(results, files):
         weights = Path(str(result.get("weights", file)))
-        if weights.parent.name == "checkpoints":  # runs/x/checkpoints/last.pt
+        if weights.parent.name in ("checkpoints", "export"):  # runs/x/checkpoints/last.pt, runs/x/export/model...
             labels.append(weights.parent.parent.name)
-        else:  # runs/x/backbone.safetensors -> x; a file of its own (random, model.pth) -> its stem
-            labels.append(weights.parent.name if weights.name.startswith("backbone.") else weights.stem)
+        elif weights.name.startswith("backbone."):  # runs/x/backbone.safetensors (the older export layout)
+            labels.append(weights.parent.name)
+        else:  # runs/x (a run folder) -> x; a file of its own (random, model.pth) -> its stem
+            labels.append(weights.stem if weights.suffix else weights.name)
     if len(set(labels)) < len(labels):
         labels = [f"{label} ({Path(file).stem})" for label, file in zip(labels, files)]
     return labels

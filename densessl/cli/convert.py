@@ -4,8 +4,9 @@
 SRC is a checkpoint as VICRegL, VICReg, DenseCL, PixPro, DINO, iBOT, DINOv2 or ConvNeXt release it (full training
 checkpoint or backbone-only file; the layout is detected, ``--format`` names it). The backbone is renamed to timm's
 names and checked against ``timm.create_model(NAME, pretrained=False, num_classes=0)``; heads, projectors, momentum
-encoders and queues are left out and listed. ``--out DIR`` writes ``DIR/backbone.safetensors``, ``backbone.pt`` and
-``backbone.json`` (what pretraining exports), for ``--weights`` / ``model.weights=``. Without ``--out`` the
+encoders and queues are left out and listed. ``--out DIR`` writes the export folder pretraining writes
+(``DIR/model.safetensors`` and timm's ``DIR/config.json``), for ``--weights DIR`` / ``model.weights=DIR`` and for
+``timm.create_model("local-dir:DIR", pretrained=True)``. Without ``--out`` the
 conversion is only checked. Nothing is downloaded.
 
 Exit codes: 0 done, 2 bad arguments, unreadable file, unknown layout or weights that do not fit (one ``error:`` line).
@@ -19,6 +20,7 @@ import sys
 
 def main(argv: list[str] | None = None) -> int:
     from densessl.atomic import DiskFullError
+    from densessl.cli.common import print_error
     from densessl.convert import BRANCHES, FORMATS
     from densessl.weights import convert_file
 
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=list(FORMATS), help="the checkpoint's layout (default: detected)")
     parser.add_argument("--branch", choices=BRANCHES,
                         help="network of a DINO/iBOT/DINOv2 checkpoint to convert (default: teacher)")
-    parser.add_argument("--out", help="output folder for backbone.safetensors/.pt/.json (default: check only)")
+    parser.add_argument("--out", help="export folder to write (model.safetensors + timm's config.json; default: "
+                                      "check only)")
     parser.add_argument("--allow-partial", action="store_true",
                         help="write the backbone even when tensors are missing (left random) or unexpected")
     args = parser.parse_args(argv)
@@ -39,12 +42,11 @@ def main(argv: list[str] | None = None) -> int:
         report = convert_file(args.src, args.arch, args.format, args.out, branch=args.branch,
                               allow_partial=args.allow_partial)
     except (FileNotFoundError, ValueError, DiskFullError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_error("densessl-convert", error)
     print(report.summary())
     if args.out:
-        print(f"wrote {args.out}/backbone.safetensors, backbone.pt, backbone.json; use it with "
-              f"--weights {args.out}/backbone.safetensors (or model.weights=...)")
+        print(f"wrote {args.out}/model.safetensors and {args.out}/config.json; use it with --weights {args.out} "
+              f"(or model.weights=...), or timm.create_model('local-dir:{args.out}', pretrained=True)")
     else:
         print("checked only: pass --out DIR to write the backbone")
     return 0

@@ -5,8 +5,9 @@
 [--out FILE.json] [options]`` (or ``python tools/eval_seg.py ...`` from a checkout), or
 ``densessl-eval-seg --config FILE.yaml [key.sub=value ...] [options]``
 
-A weights path is a local file, never downloaded: the ``runs/<run>/backbone.safetensors`` (or ``backbone.pt``) that
-pretraining exports, a densessl training checkpoint (``runs/<run>/checkpoints/last.pt``), or a timm state dict.
+A weights path is local, never downloaded: a pretraining run folder ``runs/<run>`` (its export,
+``export/model.safetensors``), an export folder, a densessl training checkpoint (``runs/<run>/checkpoints/last.pt``),
+or a timm state dict.
 ``--arch`` is needed only when the file does not state its architecture (a plain timm state dict); when both are given
 they must agree. ``--weights random --arch NAME`` evaluates a randomly initialized backbone (seeded by ``--seed``):
 the baseline any pretrained backbone must beat.
@@ -37,6 +38,8 @@ import logging
 import sys
 from typing import Any
 
+COMMAND = "densessl-eval-seg"
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--print-config", action="store_true",
                         help="print the resolved config (defaults <- YAML <- overrides <- flags) as YAML and exit")
     parser.add_argument("--weights",
-                        help="backbone weights: backbone.safetensors/backbone.pt of a run, a training checkpoint, a "
+                        help="backbone weights: a run folder (its export/model.safetensors), an export folder, a "
+                             "weights file, a training checkpoint, a "
                              "timm state dict; or 'random' (required, here or in the config)")
     parser.add_argument("--arch", help="timm architecture, e.g. resnet18 (default: the one the weights file states; "
                                        "required with --weights random or a plain timm state dict)")
@@ -124,7 +128,7 @@ def _flag_updates(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     from densessl.atomic import atomic_write_text
-    from densessl.cli.common import check_output_path, print_config
+    from densessl.cli.common import check_output_path, print_config, print_error
     from densessl.config_io import load_config
     from densessl.schema import ConfigError
     from densessl.seg.config import REQUIRED, EvalSegConfig
@@ -136,8 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(EvalSegConfig, args.config, args.overrides, _flag_updates(args))
     except ConfigError as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, f"config error: {error}")
     if args.print_config:
         print_config(cfg)
         return 0
@@ -147,9 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.config is None and not args.overrides:
             parser.error(f"the following arguments are required: {flags}")  # as before configs: exits 2
         them = "it" if len(missing) == 1 else "them"
-        print(f"config error: {', '.join(missing)}: required; pass {flags} or set {them} in the --config file (or as "
-              "key=value)", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, f"config error: {', '.join(missing)}: required; pass {flags} or set {them} in the "
+                                    "--config file (or as key=value)")
     try:
         if cfg.out:
             check_output_path(cfg.out)  # before minutes of compute
@@ -158,9 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(cfg.out, json.dumps(record, indent=2, allow_nan=False) + "\n")
             print(f"wrote {cfg.out}")
     except (OSError, ValueError) as error:
-        message = " ".join(str(error).split())
-        print(f"error: densessl-eval-seg: {message}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, error)
     return 0
 
 

@@ -13,8 +13,8 @@ the first and the last, averaged over all objects of all sequences.
 ``ImageSets/<year>/val.txt`` (``densessl.video.davis``). ``--year 2016`` reads the masks as binary (one object),
 ``--year 2017`` as palette PNGs of object ids.
 
-A weights path is a local file, never downloaded: the ``backbone.safetensors`` (or ``backbone.pt``) that pretraining
-exports, a densessl training checkpoint, or a timm state dict. ``--arch`` is needed only when the file does not state
+A weights path is local, never downloaded: a pretraining run folder (its ``export/model.safetensors``), an export
+folder, a densessl training checkpoint, or a timm state dict. ``--arch`` is needed only when the file does not state
 its architecture; ``--weights random --arch NAME`` evaluates a randomly initialized backbone (seeded by ``--seed``).
 ``--weights first-frame`` uses no features: every frame's prediction is the first frame's mask (the "identity"
 baseline of CRW's tables), the floor any backbone's propagation should clear.
@@ -37,6 +37,8 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
+
+from densessl.cli.common import print_error
 
 if TYPE_CHECKING:  # the heavy imports (torch) wait until they are needed, so that --help is quick
     import numpy as np
@@ -61,7 +63,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=COMMAND, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True,
-                        help="backbone weights: backbone.safetensors/backbone.pt of a run, a training checkpoint, a "
+                        help="backbone weights: a run folder (its export/model.safetensors), an export folder, a "
+                             "weights file, a training checkpoint, a "
                              "timm state dict; 'random' (a random init); or 'first-frame' (no features: the first "
                              "mask repeated, the baseline to beat)")
     parser.add_argument("--arch", help="timm architecture, e.g. resnet18 (default: the one the weights file states; "
@@ -276,9 +279,7 @@ def main(argv: list[str] | None = None) -> int:
             atomic_write_text(args.out, json.dumps(record, indent=2, allow_nan=False) + "\n")
             print(f"wrote {args.out}")
     except (OSError, ValueError) as error:
-        message = " ".join(str(error).split())
-        print(f"error: {COMMAND}: {message}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, error)
     return 0
 
 

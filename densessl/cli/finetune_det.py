@@ -5,7 +5,7 @@
 
 CONFIG is a YAML file (or the name of a shipped config such as ``detection/faster_rcnn_fpn_r18_synthetic.yaml``)
 listing what differs from the schema in ``densessl.det.finetune``; overrides use the same dotted keys
-(``model.weights=runs/x/backbone.safetensors train.max_iters=100``). Runs on a CPU, one GPU, or
+(``model.weights=runs/x train.max_iters=100``). Runs on a CPU, one GPU, or
 ``torchrun --nproc_per_node N -m densessl.cli.finetune_det CONFIG ...``. ``--print-config`` shows the resolved config.
 Run directory: default ``runs/detection/<config name>``; see ``densessl.train.engine`` and ``results.json``.
 

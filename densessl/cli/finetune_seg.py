@@ -6,7 +6,7 @@
 Trains with mmseg's ``Runner`` (validating at the config's ``val_interval`` and at the end), then writes the last
 validation metrics to ``<work-dir>/metrics.json`` and prints them. Runs on one CPU or GPU as is; for several GPUs use
 ``torchrun --nproc_per_node N tools/finetune_seg.py CONFIG --launcher pytorch``. Set the pretrained weights with
-``--cfg-options model.backbone.weights=runs/<run>/backbone.pt`` (loaded by densessl with ``weights_only=True``).
+``--cfg-options model.backbone.weights=runs/<run>`` (loaded by densessl with ``weights_only=True``).
 
 ``--resume`` continues from the last checkpoint in the work dir; ``--resume auto`` does so when there is one and
 starts otherwise (for requeued jobs). mmengine's own checkpoints hold more than tensors, so
@@ -27,7 +27,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from densessl.cli.common import add_resume_argument, explicit_resume
+from densessl.cli.common import add_resume_argument, explicit_resume, print_error
+
+COMMAND = "densessl-finetune-seg"
 
 PLUGIN = "densessl.seg.mmseg_plugin"
 
@@ -107,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("config", help="mmseg config, e.g. configs/mmseg/linear_densessl-r50_frozen_..._voc12aug.py")
     parser.add_argument("--work-dir", help="output folder (default: runs/mmseg/<config name>)")
     parser.add_argument("--cfg-options", nargs="+", action=DictAction, metavar="KEY=VALUE",
-                        help="override config keys, e.g. model.backbone.weights=runs/x/backbone.pt "
+                        help="override config keys, e.g. model.backbone.weights=runs/x "
                              "train_cfg.max_iters=1000")
     add_resume_argument(parser, "continue from the last checkpoint in --work-dir; '--resume auto' resumes when "
                                 "there is one and starts otherwise (for requeued jobs)")
@@ -117,9 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args.config = resolve_config_path(args.config)
     if not os.path.isfile(args.config):
-        print(f"error: config not found: {args.config} (the configs shipped with densessl are in "
-              f"{SHIPPED_CONFIGS}/mmseg)", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, f"config not found: {args.config} (the configs shipped with densessl are in "
+                                    f"{SHIPPED_CONFIGS}/mmseg)")
     try:
         cfg = Config.fromfile(args.config)
         if args.cfg_options:
@@ -127,15 +128,13 @@ def main(argv: list[str] | None = None) -> int:
         _add_plugin_import(cfg)
         _check_folder_classes(cfg)
     except (ValueError, KeyError, SyntaxError) as error:
-        print(f"config error: {error}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, f"config error: {error}")
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or os.path.join("runs", "mmseg", Path(args.config).stem)
     has_checkpoint = Path(cfg.work_dir, "last_checkpoint").is_file()
     if args.resume == "yes" and not has_checkpoint:
-        print(f"error: --resume: no checkpoint in {cfg.work_dir} (mmengine writes 'last_checkpoint' there); start "
-              f"without --resume, or use --resume auto", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, f"--resume: no checkpoint in {cfg.work_dir} (mmengine writes 'last_checkpoint' "
+                                    "there); start without --resume, or use --resume auto")
     if args.resume == "yes" or (args.resume == "auto" and has_checkpoint):
         cfg.resume = True
         cfg.load_from = None  # the latest checkpoint in work_dir
@@ -157,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         runner.register_hook(keeper, priority="LOWEST")
         runner.train()
     except (FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, error)
     metrics = keeper.metrics if keeper.metrics is not None else runner.val()
     if runner.rank == 0:
         result = {k: float(v) for k, v in metrics.items()}

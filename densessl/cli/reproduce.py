@@ -36,7 +36,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from densessl.cli.common import add_resume_argument, explicit_resume
+from densessl.cli.common import add_resume_argument, explicit_resume, print_error
+
+COMMAND = "densessl-reproduce"
 
 if TYPE_CHECKING:  # the heavy imports (torch) wait until they are needed, so that --help is quick
     from densessl.protocols import ProtocolCard
@@ -52,8 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("card", nargs="?", help="protocol card: a file, protocols/<name>.yaml or a shipped card's name")
     parser.add_argument("overrides", nargs="*", metavar="key.sub=value",
                         help="card overrides, e.g. seg.features.device=cuda:1 detection.optim.accumulate=2")
-    parser.add_argument("--weights", help="backbone weights file (backbone.safetensors/.pt, a training checkpoint, a "
-                                          "timm state dict) or 'random' (required)")
+    parser.add_argument("--weights", help="backbone weights (a run or export folder, a weights file, a training "
+                                          "checkpoint, a timm state dict) or 'random' (required)")
     parser.add_argument("--data-root", help="dataset folder in the card's dataset layout (required unless --smoke)")
     parser.add_argument("--arch", help="timm architecture to run instead of the card's (not comparable then)")
     parser.add_argument("--smoke", action="store_true",
@@ -338,14 +340,12 @@ def main(argv: list[str] | None = None) -> int:
                 atomic_write_json(args.out, record)
                 print(f"wrote {args.out}")
     except ConfigError as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_USAGE
+        return print_error(COMMAND, error)
     except NonFiniteLossError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print_error(COMMAND, error)
         return EXIT_NON_FINITE
     except (OSError, ValueError, ImageLoadError, DiskFullError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        return EXIT_USAGE
+        return print_error(COMMAND, error)
     return EXIT_OK
 
 

@@ -4,11 +4,11 @@
 Examples::
 
     densessl-viz --weights random --arch resnet18 --dataset synthetic --out /tmp/viz.png
-    densessl-viz --weights runs/x/backbone.safetensors --image cat.jpg --out viz.png --query 0.5 0.4 \\
+    densessl-viz --weights runs/x --image cat.jpg --out viz.png --query 0.5 0.4 \\
         --precision-images 64
 
-(``python tools/visualize_matches.py ...`` from a checkout.) ``--weights`` is a local file, never downloaded: the
-``backbone.safetensors``/``backbone.pt`` a pretraining run exports, a training checkpoint
+(``python tools/visualize_matches.py ...`` from a checkout.) ``--weights`` is local, never downloaded: a pretraining run
+folder (its ``export/model.safetensors``), an export folder, a training checkpoint
 (``runs/x/checkpoints/last.pt``) or a timm state dict. ``--arch`` is needed only for ``--weights random`` or a file
 that does not state its architecture; when both are given they must agree.
 
@@ -25,18 +25,21 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from densessl.cli.common import check_output_path
+from densessl.cli.common import check_output_path, print_error
+
+COMMAND = "densessl-viz"
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (see --help)\n")
+        self.exit(2, f"error: {COMMAND}: {message} (see --help)\n")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", required=True,
-                        help="backbone weights: backbone.safetensors/backbone.pt of a run, a training checkpoint, a "
+                        help="backbone weights: a run folder (its export/model.safetensors), an export folder, a "
+                             "weights file, a training checkpoint, a "
                              "timm state dict; or 'random'")
     parser.add_argument("--arch", help="timm architecture, e.g. resnet18 (default: the one the weights file states; "
                                        "required with --weights random or a plain timm state dict)")
@@ -89,11 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         _validate(args)
         import matplotlib  # noqa: F401  (fail early with a clear message)
     except ImportError:
-        print("error: matplotlib is not installed: pip install 'densessl[viz]'", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, "matplotlib is not installed: pip install 'densessl[viz]'")
     except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, error)
 
     import torch
 
@@ -144,9 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"dataset match precision over {len(images)} synthetic val images (both directions): "
                   f"{pooled.precision:.4f} = {pooled.num_correct}/{pooled.num_valid}, chance {pooled.chance:.4f}")
     except (ValueError, OSError, ImageLoadError, RuntimeError, IndexError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        print(f"error: {message}", file=sys.stderr)
-        return 2
+        return print_error(COMMAND, str(error).splitlines()[0] if str(error) else type(error).__name__)
     return 0
 
 

@@ -134,6 +134,7 @@ class TrainConfig:
     amp: bool = True  # mixed precision on CUDA (bf16 where supported, else fp16); CPU runs fp32
     num_threads: Annotated[int | None, Range(ge=1)] = None  # torch CPU threads of this process (null: torch's)
     progress: bool = True
+    wandb: str | None = None  # W&B project to log to (the wandb extra; WANDB_MODE=offline is honoured); null: off
 
     def validate(self) -> None:
         if (self.max_iters is None) == (self.epochs is None):
@@ -283,7 +284,7 @@ def finetune(
     """
     run = engine.start_run(output_dir, to_dict(cfg), recipe="detection", resume=resume, device=cfg.train.device,
                            precision="auto" if cfg.train.amp else "fp32", log_every=cfg.train.log_every,
-                           fixed_keys=FIXED_ON_RESUME, accumulate=cfg.optim.accumulate,
+                           wandb=cfg.train.wandb, fixed_keys=FIXED_ON_RESUME, accumulate=cfg.optim.accumulate,
                            allow_config_change=allow_config_change, resolved_config=cfg)
     try:
         return _finetune(cfg, run, on_step)
@@ -398,6 +399,7 @@ def _finetune(cfg: DetConfig, run: engine.Run, on_step: Callable[[int], None] | 
             **result.metrics(), "per_class_AP50": result.per_class_AP50, "num_val_images": result.num_images,
             "iterations": iteration, "train_time_s": round(train_time, 1), "eval_time_s": round(eval_time, 1),
             "settings": to_dict(cfg)})
+    engine.drop_fallback(run)
     return FinetuneResult(iteration=iteration, evaluation=result, results_path=results_path)
 
 

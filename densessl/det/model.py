@@ -116,7 +116,7 @@ class ModelConfig:
 
     kind: DetectorKind = "faster_rcnn"
     arch: str = "resnet50"  # any timm model with forward_intermediates
-    weights: str | None = None  # backbone.pt / timm state_dict / .safetensors; null = random init
+    weights: str | None = None  # run/export folder, timm state_dict, .safetensors; null = random init
     neck: Neck = "fpn"  # c4: ResNets, faster_rcnn only
     levels: list[int] | None = None  # feature_info indices; null = strides 4/8/16/32 (c4: 16; ViT: last block)
     norm: Norm = "frozen_bn"
@@ -273,8 +273,8 @@ class DetectionBackbone(nn.Module):
 
     Args:
         arch: timm model name (``resnet50``, ``convnext_tiny``, ``vit_small_patch16_224`` ...).
-        weights: Local weights file: our ``backbone.pt``, a timm ``state_dict`` (``.pt``/``.pth``/``.bin`` or
-            ``.safetensors``), or ``None`` for random init. Never downloads.
+        weights: Local weights: a densessl run or export folder, a timm ``state_dict`` (``.pt``/``.pth``/``.bin``
+            or ``.safetensors``), or ``None`` for random init. Never downloads.
         levels: ``feature_info`` indices feeding the neck. ``None``: ConvNet FPN -> the last level of each
             stride 4/8/16/32; C4 -> the stride-16 level; ViT -> the last block. ViTs take exactly one level.
         out_channels: Channels of every pyramid level (FPN / simple pyramid).

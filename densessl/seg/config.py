@@ -4,7 +4,7 @@ Loaded by ``densessl-eval-seg --config`` with the loader every tool uses (``dens
 only what differs from these defaults, ``key.sub=value`` overrides change single values, and the tool's flags
 (``--k 5``) are applied on top::
 
-    weights: runs/vicregl_r50/backbone.safetensors
+    weights: runs/vicregl_r50
     dataset: voc
     data_root: /data/VOCdevkit
     protocol: linear
@@ -57,8 +57,8 @@ class EvalSegConfig:
     """One segmentation evaluation of a frozen backbone: weights, dataset, protocol and every protocol setting.
 
     Attributes:
-        weights: Backbone weights (``backbone.safetensors``/``backbone.pt`` of a run, a training checkpoint, a timm
-            state dict) or ``random``. Required.
+        weights: Backbone weights (a run folder or its export folder, a training checkpoint, a timm state dict) or
+            ``random``. Required.
         arch: timm architecture; ``None`` = the one the weights file states (needed with ``random`` or a plain timm
             state dict).
         dataset: Dataset reader. Required.

@@ -9,9 +9,9 @@ CCNet, deformable convolutions, ...) then fail with a message naming the optiona
 ``tools/finetune_seg.py`` adds for you.
 
 Registered (``mmseg.registry``):
-    * ``MODELS``: ``DenseSSLBackbone`` (any timm model through ``densessl.backbones.DenseBackbone``, weights from our
-      own ``backbone.pt``, frozen or trainable) and ``LinearHead`` (``BN -> Dropout2d -> 1x1 conv``, the VICRegL
-      linear-segmentation head).
+    * ``MODELS``: ``DenseSSLBackbone`` (any timm model through ``densessl.backbones.DenseBackbone``, weights from a
+      densessl run or export folder or any weights file densessl reads, frozen or trainable) and ``LinearHead``
+      (``BN -> Dropout2d -> 1x1 conv``, the VICRegL linear-segmentation head).
     * ``DATASETS``: ``FolderSegDataset`` (``images/{train,val}/``, ``masks/{train,val}/*.png``, ``classes.txt``,
       validated by ``densessl.seg.readers.FolderSegmentation``) and ``SyntheticSegDataset`` (the embedded
       synthetic scenes, rendered once into a folder of that layout and then read like any folder dataset).
@@ -63,8 +63,8 @@ class DenseSSLBackbone(BaseModule):
         levels: Indices into the timm model's ``feature_info`` of the returned maps (negative counts from the end).
             The default, the last four levels, gives strides 4/8/16/32 for ResNets and ConvNeXts and the last four
             blocks (all stride 16) for ViTs. The decode head's ``in_index`` indexes into this tuple.
-        weights: Local weights file (a timm ``state_dict``, e.g. the ``backbone.pt`` that ``tools/train.py``
-            exports), loaded strictly with ``weights_only=True``. ``None`` keeps the random initialisation.
+        weights: Local weights (a run folder or the export folder ``tools/train.py`` writes, a timm ``state_dict``
+            file), loaded strictly with ``weights_only=True``. ``None`` keeps the random initialisation.
         frozen: No gradients for the backbone and every layer kept in eval mode (BN statistics and dropout fixed),
             also after ``train()``: the linear-evaluation protocol. ``False`` fine-tunes it.
         norm_eval: When fine-tuning, keep the backbone's BatchNorm layers in eval mode (frozen running statistics,

@@ -124,6 +124,7 @@ class TrainConfig:
     checkpoint_every_iters: Annotated[int | None, Range(ge=1)] = None
     keep_every_epochs: Annotated[int | None, Range(ge=1)] = None
     tensorboard: bool = False  # TensorBoard event files in <run>/tensorboard (the tensorboard extra)
+    wandb: str | None = None  # W&B project to log to (the wandb extra; WANDB_MODE=offline is honoured); null: off
     progress: bool = True
     diagnostics_every: Annotated[int, Range(ge=0)] = 0  # 0: off
     diagnostics_images: Annotated[int, Range(ge=1)] = 32

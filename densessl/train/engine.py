@@ -25,11 +25,16 @@ Run directory (one contract for every recipe)::
     metrics.jsonl           one JSON object per logged step (rank 0), with its wall-clock time
     train.log               the log, with a progress line every ``log_every`` steps (iteration, loss, lr, img/s, ETA)
     checkpoints/last.pt     the newest checkpoint; checkpoints/previous.pt the one before it (fallback when last.pt is
-                            damaged); checkpoints/stable.pt the newest one written while the loss was at its running
-                            level (a hard link). A loss that jumps far above its running level is warned about; when a
-                            NaN/inf follows, last.pt is set back to stable.pt (the later ones kept as diverged.pt), so
-                            resuming with a lower learning rate starts from weights that were not yet diverging.
+                            damaged; a recipe drops it when the run finishes, ``drop_fallback``); checkpoints/stable.pt
+                            the newest one written while the loss was at its running level (a hard link). A loss that
+                            jumps far above its running level is warned about; when a NaN/inf follows, last.pt is set
+                            back to stable.pt (the later ones kept as diverged.pt), so resuming with a lower learning
+                            rate starts from weights that were not yet diverging.
     tensorboard/            event files, when enabled and the tensorboard extra is installed
+    wandb/, wandb_id        the W&B run (``wandb`` = a project name, the wandb extra): every metrics row is logged
+                            at its iteration; ``wandb_id`` keeps the run id so a resume continues the same W&B run.
+                            W&B's own settings apply (``WANDB_MODE=offline`` writes wandb/offline-run-*, synced
+                            later with ``wandb sync``; ``WANDB_MODE=disabled`` turns it off)
 
 Checkpoints hold only plain types (``torch.load(weights_only=True)`` reads them): ``format``, ``recipe``,
 ``iteration``, ``world_size``, ``accumulate``, ``config``, ``rng`` (every RNG state) and whatever the recipe adds
@@ -46,6 +51,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import shutil
 import signal
 import statistics
@@ -77,6 +83,7 @@ __all__ = [
     "Run",
     "autocast",
     "capture_rng",
+    "drop_fallback",
     "fall_back_to_stable",
     "finish_run",
     "load_checkpoint",
@@ -127,6 +134,7 @@ class RunFiles:
 
     metrics: Any = None
     writer: Any = None
+    wandb: Any = None
     log_handler: logging.Handler | None = None
     previous_level: int = logging.NOTSET
 
@@ -137,6 +145,9 @@ class RunFiles:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.wandb is not None:
+            self.wandb.finish()
+            self.wandb = None
         if self.log_handler is not None:
             logger.setLevel(self.previous_level)
             logger.removeHandler(self.log_handler)
@@ -405,6 +416,7 @@ def start_run(
     precision: str = "auto",
     log_every: int = 10,
     tensorboard: bool = False,
+    wandb: str | None = None,
     fixed_keys: Sequence[str] = (),
     accumulate: int = 1,
     allow_config_change: bool = False,
@@ -423,6 +435,7 @@ def start_run(
         precision: ``auto | fp32 | bf16 | fp16`` (autocast on CUDA; the CPU runs fp32).
         log_every: Steps between metric records and progress lines.
         tensorboard: Also write TensorBoard event files (needs the ``tensorboard`` extra).
+        wandb: Also log to this W&B project (needs the ``wandb`` extra; ``None``: off).
         fixed_keys: Dotted config keys (or prefixes) a resume must not change (the architecture, the batch size,
             the crop geometry, ...); ``processes x accumulation`` is always checked.
         accumulate: Gradient-accumulation steps of this run.
@@ -491,8 +504,35 @@ def start_run(
             except ImportError:
                 logger.warning("train.tensorboard=true but tensorboard is not installed (pip install "
                                "'densessl[tensorboard]'); logging to metrics.jsonl only")
+        if wandb:
+            run.files.wandb = _start_wandb(run_dir, wandb, recipe, config)
     run.stop.install()
     return run
+
+
+def _start_wandb(run_dir: Path, project: str, recipe: str, config: dict[str, Any]) -> Any:
+    """The W&B run of ``run_dir`` (a resume continues the id in ``run_dir/wandb_id``), or ``None`` with a warning when
+    wandb is missing or cannot start (training goes on: metrics.jsonl has every row)."""
+    try:
+        import wandb
+    except ImportError:
+        logger.warning("train.wandb=%s but wandb is not installed (pip install 'densessl[wandb]'); logging to "
+                       "metrics.jsonl only", project)
+        return None
+    id_file = run_dir / "wandb_id"
+    run_id = id_file.read_text(encoding="utf-8").strip() if id_file.is_file() else ""
+    if not run_id:
+        run_id = secrets.token_hex(4)  # W&B run ids: lowercase letters and digits
+        atomic_write_text(id_file, run_id + "\n")
+    try:
+        handle = wandb.init(project=project, dir=str(run_dir), id=run_id, resume="allow", name=run_dir.name,
+                            job_type=recipe, config=config)
+    except Exception as error:  # noqa: BLE001 - a logging back end must not stop training (no network, bad key)
+        logger.warning("W&B did not start (%s: %s); logging to metrics.jsonl only", type(error).__name__, error)
+        return None
+    if handle is not None:
+        logger.info("W&B run %s (project %s, mode %s)", run_id, project, handle.settings.mode)
+    return handle
 
 
 def finish_run(run: Run) -> None:
@@ -688,7 +728,10 @@ def _mean_over_ranks(run: Run, values: dict[str, float]) -> dict[str, float]:
 
 
 def log_record(run: Run, record: dict[str, Any], tensorboard_prefix: str = "train") -> None:
-    """Append ``record`` (must hold ``iteration``) to metrics.jsonl and TensorBoard (rank 0)."""
+    """Append ``record`` (must hold ``iteration``) to metrics.jsonl, TensorBoard and W&B (rank 0).
+
+    TensorBoard and W&B get the numbers as ``<tensorboard_prefix>/<key>`` at step ``iteration``; nested records (an
+    evaluation's ``{"eval": {...}}``) are flattened to ``<prefix>/eval.<metric>`` for W&B."""
     if not run.main or run.files.metrics is None:
         return
     record = {**record, "time": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -698,6 +741,10 @@ def log_record(run: Run, record: dict[str, Any], tensorboard_prefix: str = "trai
         for key, value in record.items():
             if isinstance(value, (int, float)) and key != "iteration":
                 run.files.writer.add_scalar(f"{tensorboard_prefix}/{key}", value, record["iteration"])
+    if run.files.wandb is not None:
+        numbers = {f"{tensorboard_prefix}/{key}": value for key, value in flatten(record).items()
+                   if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "iteration"}
+        run.files.wandb.log(numbers, step=int(record["iteration"]))
 
 
 def log_step(
@@ -843,6 +890,21 @@ def _link_stable(last: Path) -> None:
     except OSError:  # a filesystem without hard links
         shutil.copyfile(last, tmp)
     os.replace(tmp, stable)
+
+
+def drop_fallback(run: Run) -> None:
+    """At the end of a finished run, remove ``checkpoints/previous.pt`` (rank 0): ``last.pt`` is the final checkpoint
+    and is verified first (the CRC of every member); a damaged ``last.pt`` keeps ``previous.pt`` and is warned about.
+    ``stable.pt`` is a hard link, it costs no space."""
+    previous = run.last_checkpoint.with_name("previous.pt")
+    if not run.main or not previous.is_file():
+        return
+    try:
+        verify_torch_zip(run.last_checkpoint, "checkpoint", "resume from checkpoints/previous.pt")
+    except (OSError, ValueError) as error:
+        logger.warning("kept %s: %s", previous, error)
+        return
+    previous.unlink()
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:

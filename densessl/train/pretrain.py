@@ -4,12 +4,13 @@
 objective, the multi-crop data, the optimizer; then for each step set the learning rate (warm-up + cosine), take one
 optimizer step over ``optim.accumulate`` micro-batches (``engine.optimizer_step``), update the EMA teacher if the
 method has one, log, checkpoint, and stop cleanly on SIGTERM/SIGINT. At the end the backbone is exported
-(``densessl.weights.save_backbone``: ``backbone.safetensors`` with its architecture and config, ``backbone.pt`` for
-timm, ``backbone.json``).
+into ``RUN/export`` (``densessl.weights.save_backbone``: ``model.safetensors`` with its architecture and config, and
+timm's ``config.json``, so ``timm.create_model("local-dir:RUN/export", pretrained=True)`` loads it).
 
 Run directory: see ``densessl.train.engine`` (``config.yaml``, ``metrics.jsonl``, ``train.log``, ``resumes.jsonl``,
-``checkpoints/{last,previous}.pt``, ``checkpoints/epoch_*.pt`` with ``train.keep_every_epochs``), plus the exported
-backbone files.
+``checkpoints/{last,previous,stable}.pt``, ``checkpoints/epoch_*.pt`` with ``train.keep_every_epochs``), plus the
+export folder. A run that finishes drops ``previous.pt`` (``engine.drop_fallback``): ``last.pt`` is then the final,
+verified checkpoint.
 
 Exact resume: ``train(cfg, run_dir, resume="yes")`` continues from ``checkpoints/last.pt`` and ends with the same
 weights as an uninterrupted run (bit-identical on the CPU) because data order, augmentations and RNG states are all
@@ -41,7 +42,7 @@ from densessl.train import engine
 from densessl.train.config import Config
 from densessl.train.engine import NonFiniteLossError, ResumeMode
 from densessl.train.optim import build_optimizer, lr_at
-from densessl.weights import save_backbone
+from densessl.weights import export_folder, save_backbone
 
 __all__ = ["FIXED_ON_RESUME", "CompileFailedError", "NonFiniteLossError", "Pretrainer", "TrainResult", "train"]
 
@@ -94,7 +95,7 @@ class TrainResult:
     iteration: int
     total_iterations: int
     last_loss: float
-    backbone_path: Path | None
+    backbone_path: Path | None  # RUN/export/model.safetensors; None when interrupted
     interrupted: bool
 
 
@@ -135,7 +136,7 @@ def train(
     """
     run = engine.start_run(run_dir, to_dict(cfg), recipe="pretrain", resume=resume, device=cfg.train.device,
                            precision=cfg.train.precision, log_every=cfg.train.log_every,
-                           tensorboard=cfg.train.tensorboard, fixed_keys=FIXED_ON_RESUME,
+                           tensorboard=cfg.train.tensorboard, wandb=cfg.train.wandb, fixed_keys=FIXED_ON_RESUME,
                            accumulate=cfg.optim.accumulate, allow_config_change=allow_config_change,
                            resolved_config=cfg)
     try:
@@ -301,9 +302,12 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
             logger.warning("skipped %d unreadable images: %s%s (data.strict=true makes them fatal)",
                            len(skipped_files), named, more)
         if not interrupted and run.main:
-            exported = save_backbone(pretrainer.backbone.model, run.run_dir, cfg.model.arch, to_dict(cfg))
+            exported = save_backbone(pretrainer.backbone.model, export_folder(run.run_dir), cfg.model.arch,
+                                     to_dict(cfg))
+            engine.drop_fallback(run)
             backbone_path = exported.safetensors
-            logger.info("done: %d iterations, last loss %.4f, backbone saved to %s", step, last_loss, backbone_path)
+            logger.info("done: %d iterations, last loss %.4f, backbone exported to %s (timm: create_model('local-dir:"
+                        "%s', pretrained=True))", step, last_loss, exported.folder, exported.folder)
     except Exception as error:
         if cfg.train.compile and _is_compile_error(error):
             raise _compile_failed(error) from error

@@ -61,7 +61,8 @@ def test_reproduce_on_an_unavailable_device_is_one_error_line(card: str, overrid
 
     code = main([card, "--smoke", "--weights", "random", override])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {key}: CUDA is not available"), err
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(f"error: densessl-reproduce: {key}: CUDA is not available"), err
 
 
 def test_an_architecture_typo_fails_at_load_before_the_run_folder_exists(
@@ -70,7 +71,8 @@ def test_an_architecture_typo_fails_at_load_before_the_run_folder_exists(
 
     assert main([str(TINY), "model.arch=resnet19", "--output-dir", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("config error: model.arch: unknown timm architecture 'resnet19'"), err
+    assert len(err) == 1 and err[0].startswith(
+        "error: densessl-train: config error: model.arch: unknown timm architecture 'resnet19'"), err
     assert "did you mean: resnet18" in err[0] and not (tmp_path / "run").exists()
 
 
@@ -121,3 +123,49 @@ def test_bf16_on_the_cpu_is_a_warning(tmp_path: Path, caplog: pytest.LogCaptureF
     run = engine.start_run(tmp_path / "run", {"x": 1}, recipe="test", device="cpu", precision="bf16")
     engine.finish_run(run)
     assert run.amp_dtype is None and "train.precision=bf16 has no effect on cpu" in caplog.text
+
+
+def _console_commands() -> dict[str, str]:
+    """``command -> module`` from pyproject.toml's [project.scripts]."""
+    import tomllib
+
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    return {name: target.split(":")[0] for name, target in scripts.items()}
+
+
+# One bad input per console command: a file that does not exist.
+BAD_INPUT = {
+    "densessl-train": ["no/such/config.yaml"],
+    "densessl-finetune-det": ["no/such/config.yaml"],
+    "densessl-finetune-seg": ["no/such/config.py"],
+    "densessl-eval-seg": ["--weights", "no/such.pt", "--arch", "resnet18", "--dataset", "synthetic", "--protocol",
+                          "knn"],
+    "densessl-eval-video": ["--weights", "no/such.pt", "--data-root", "no/such/davis"],
+    "densessl-compare-evals": ["no/such.json"],
+    "densessl-viz": ["--weights", "no/such.pt", "--arch", "resnet18", "--dataset", "synthetic", "--out", "m.png"],
+    "densessl-convert": ["no/such.pth"],
+    "densessl-reproduce": ["no_such_card", "--weights", "random", "--smoke"],
+}
+
+
+def test_every_console_command_has_a_bad_input_case() -> None:
+    assert set(BAD_INPUT) == set(_console_commands())
+
+
+@pytest.mark.parametrize("command", sorted(BAD_INPUT))
+def test_every_command_reports_bad_input_as_one_error_line_naming_it(command: str, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import importlib
+
+    if command == "densessl-finetune-seg":
+        pytest.importorskip("mmseg", reason="mmsegmentation is not installed (pip install 'densessl[mmseg]')")
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(_console_commands()[command]).main
+    try:
+        code = main(BAD_INPUT[command])
+    except SystemExit as exit:  # an argparse-level error
+        code = exit.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith(f"error: {command}: "), err
+    assert "Traceback" not in err[0]

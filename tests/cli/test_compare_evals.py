@@ -17,17 +17,19 @@ def _result(path: Path, weights: str, protocol: str = "linear", miou: float = 40
 
 
 def test_columns_are_labelled_by_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = _result(tmp_path / "a.json", "runs/vicregl_s0/backbone.safetensors")
+    a = _result(tmp_path / "a.json", "runs/vicregl_s0/export/model.safetensors")
     b = _result(tmp_path / "b.json", "random", miou=30.0)
     c = _result(tmp_path / "c.json", "runs/vicreg_s0/checkpoints/last.pt")
-    assert main([a, b, c]) == 0
+    d = _result(tmp_path / "d.json", "runs/dense_s1")  # a run folder
+    e = _result(tmp_path / "e.json", "runs/old_s2/backbone.safetensors")  # the older export layout
+    assert main([a, b, c, d, e]) == 0
     header = capsys.readouterr().out.splitlines()[0].split()
-    assert header == ["vicregl_s0", "random", "vicreg_s0"]
+    assert header == ["vicregl_s0", "random", "vicreg_s0", "dense_s1", "old_s2"]
 
 
 def test_different_protocols_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    a = _result(tmp_path / "a.json", "runs/x/backbone.safetensors", protocol="linear")
-    b = _result(tmp_path / "b.json", "runs/y/backbone.safetensors", protocol="knn")
+    a = _result(tmp_path / "a.json", "runs/x", protocol="linear")
+    b = _result(tmp_path / "b.json", "runs/y", protocol="knn")
     assert main([a, b]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: densessl-compare-evals: the files are evaluations of different")

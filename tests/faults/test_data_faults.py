@@ -94,7 +94,7 @@ def test_strict_with_workers_exits_2_with_one_error_line(tmp_path: Path) -> None
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     errors = _error_lines(proc.stderr)
     assert len(errors) == 1, proc.stderr[-3000:]
-    assert errors[0].startswith(f"error: cannot read image {str(root / 'broken.jpg')!r}: ")
+    assert errors[0].startswith(f"error: densessl-train: cannot read image {str(root / 'broken.jpg')!r}: ")
 
 
 def test_worker_error_is_rebuilt_as_image_load_error(tmp_path: Path) -> None:
@@ -121,7 +121,8 @@ def test_all_unreadable_folder_exits_2_naming_the_folder(tmp_path: Path, capsys:
     errors = _error_lines(err)
     assert errors == [line for line in err.splitlines() if line.startswith("error")], err
     assert len(errors) == 1 and "Traceback" not in err
-    assert errors[0].startswith(f"error: none of the 8 images under {str(root)!r} could be read (first: "
+    assert errors[0].startswith(f"error: densessl-train: none of the 8 images under {str(root)!r} could be read "
+                                f"(first: "
                                 f"{str(root / '0.jpg')!r}: UnidentifiedImageError")
 
 

@@ -28,7 +28,7 @@ def _viz(tmp_path: Path, out: str, capsys: pytest.CaptureFixture[str], monkeypat
     code = main(["--weights", "random", "--arch", "resnet18", "--dataset", "synthetic", "--out", out])
     err = capsys.readouterr().err
     assert code == 2, err
-    assert len(err.strip().splitlines()) == 1 and err.startswith("error: --out "), err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: densessl-viz: --out "), err
     return err
 
 

@@ -109,11 +109,11 @@ def test_cli_arch_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     cases = [
         (["--weights", str(exported), "--arch", "resnet50"],
          (f"--arch resnet50 does not match weights file '{exported}': the weights are for 'resnet18' (from "
-          "backbone.safetensors metadata); drop --arch")),
+          "model.safetensors metadata); drop --arch")),
         (["--weights", str(tmp_path / "plain.pt")], "(timm state dict) states no architecture; pass --arch"),
         (["--weights", "random"], "random weights need an architecture: pass --arch"),
         (["--weights", str(tmp_path / "notes.pt")], "is not a torch or safetensors weights file"),
-        (["--weights", str(tmp_path / "run")], "is a directory, not a weights file; did you mean"),
+        (["--weights", str(tmp_path)], "holds no weights file (looked for model.safetensors"),
         (["--weights", "random", "--arch", "resnt18"], "unknown timm architecture 'resnt18'; did you mean: resnet18"),
     ]
     for args, message in cases:

@@ -93,9 +93,10 @@ def test_cli_takes_the_arch_from_the_export(tmp_path: Path, capsys: pytest.Captu
     assert code == 0, captured.err
     assert out.exists() and "match precision (view A -> B)" in captured.out
     for args, message in [
-        (["--weights", str(exported.pt), "--arch", "resnet34"],
+        (["--weights", str(exported.folder), "--arch", "resnet34"],
          "--arch resnet34 does not match weights file"),
-        (["--weights", str(exported.pt), "--arch", "resnet34"], "the weights are for 'resnet18' (from backbone.json)"),
+        (["--weights", str(exported.folder), "--arch", "resnet34"],
+         "the weights are for 'resnet18' (from model.safetensors metadata)"),
         (["--weights", "random"], "--weights random needs --arch"),
     ]:
         code = _load_tool().main([*args, "--dataset", "synthetic", "--out", str(tmp_path / "x.png")])

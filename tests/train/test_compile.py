@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch._dynamo
+from safetensors.torch import load_file
 
 from densessl.cli.train import main as train_main
 from densessl.schema import ConfigError
@@ -57,7 +58,7 @@ def test_compiled_run_matches_eager_with_the_same_checkpoint_keys(tmp_path: Path
     for key, value in eager_state.items():
         if value.is_floating_point():
             torch.testing.assert_close(compiled_state[key], value, rtol=1e-3, atol=1e-4, msg=key)
-    exported = [torch.load(tmp_path / name / "backbone.pt", weights_only=True) for name in ("eager", "compiled")]
+    exported = [load_file(tmp_path / name / "export" / "model.safetensors") for name in ("eager", "compiled")]
     assert list(exported[0]) == list(exported[1])
 
 

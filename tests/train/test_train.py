@@ -14,6 +14,7 @@ import pytest
 import timm
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from densessl.train.config import load_config
 from densessl.train.engine import ResumeError, load_checkpoint
@@ -55,9 +56,11 @@ def test_three_iterations_and_export_loads_into_timm(tmp_path: Path, arch: str) 
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2, 3]
     assert {"loss", "inv_local", "var_global", "lr", "images_per_s", "epoch"} <= set(records[0])
-    state = torch.load(run / "backbone.pt", weights_only=True)
+    state = load_file(run / "export" / "model.safetensors")
     model = timm.create_model(arch, pretrained=False, num_classes=0)
     model.load_state_dict(state)  # strict
+    from_timm = timm.create_model(f"local-dir:{run / 'export'}", pretrained=True)  # timm reads the export itself
+    assert all(torch.equal(v, state[k]) for k, v in from_timm.state_dict().items())
     with_head = timm.create_model(arch, pretrained=False)
     missing, unexpected = with_head.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith(("fc.", "head.")) for k in missing)
@@ -74,8 +77,8 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 2
     resumed = _run_cli(*common, "--output-dir", str(tmp_path / "run"), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    ref = torch.load(tmp_path / "ref" / "backbone.pt", weights_only=True)
-    got = torch.load(tmp_path / "run" / "backbone.pt", weights_only=True)
+    ref = load_file(tmp_path / "ref" / "export" / "model.safetensors")
+    got = load_file(tmp_path / "run" / "export" / "model.safetensors")
     assert ref.keys() == got.keys()
     assert all(torch.equal(ref[k], got[k]) for k in ref), "resumed weights differ from the uninterrupted run"
     ref_heads = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")["model"]
@@ -163,7 +166,7 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
            str(TRAIN), str(TINY), "train.max_iters=2", "train.device=cpu", "--output-dir", str(tmp_path / "run")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (tmp_path / "run" / "backbone.pt").exists()
+    assert (tmp_path / "run" / "export" / "model.safetensors").exists()
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [1, 2] and all(np.isfinite(r["loss"]) for r in records)
 

@@ -1,6 +1,6 @@
 # Cityscapes: FCNHead (+ auxiliary FCNHead) on an OS-8 dilated ResNet-50; fine-tuned backbone and head; 80k iterations
 # at 512x1024.
-# Weights: --cfg-options model.backbone.weights=runs/<run>/backbone.pt (a densessl/timm resnet50 state_dict).
+# Weights: --cfg-options model.backbone.weights=runs/<run> (a densessl/timm resnet50 state_dict).
 _base_ = [
     './_base_/models/fcn_densessl.py',
     './_base_/datasets/cityscapes.py',

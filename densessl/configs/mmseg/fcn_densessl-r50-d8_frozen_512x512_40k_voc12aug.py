@@ -1,6 +1,6 @@
 # Pascal VOC 2012 + SBD aug: FCNHead (+ auxiliary FCNHead) on an OS-8 dilated ResNet-50; frozen backbone, trained
 # head; 40k iterations at 512x512.
-# Weights: --cfg-options model.backbone.weights=runs/<run>/backbone.pt (a densessl/timm resnet50 state_dict).
+# Weights: --cfg-options model.backbone.weights=runs/<run> (a densessl/timm resnet50 state_dict).
 _base_ = [
     './_base_/models/fcn_densessl.py',
     './_base_/datasets/voc12aug.py',

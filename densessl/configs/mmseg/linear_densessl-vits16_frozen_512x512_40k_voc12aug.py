@@ -1,6 +1,6 @@
 # Pascal VOC 2012 + SBD aug: linear evaluation of a frozen densessl ViT-S/16 (LinearHead on the last four blocks'
 # patch tokens, all stride 16, concatenated); 40k iterations at 512x512.
-# Weights: --cfg-options model.backbone.weights=runs/<run>/backbone.pt (a densessl/timm vit_small_patch16_224).
+# Weights: --cfg-options model.backbone.weights=runs/<run> (a densessl/timm vit_small_patch16_224).
 _base_ = [
     './_base_/models/linear_densessl.py',
     './_base_/datasets/voc12aug.py',

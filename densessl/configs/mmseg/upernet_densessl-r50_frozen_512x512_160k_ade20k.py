@@ -1,6 +1,6 @@
 # ADE20K: UPerHead (+ auxiliary FCNHead) on the stride 4/8/16/32 stages; frozen backbone, trained head; 160k
 # iterations at 512x512.
-# Weights: --cfg-options model.backbone.weights=runs/<run>/backbone.pt (a densessl/timm resnet50 state_dict).
+# Weights: --cfg-options model.backbone.weights=runs/<run> (a densessl/timm resnet50 state_dict).
 _base_ = [
     './_base_/models/upernet_densessl.py',
     './_base_/datasets/ade20k.py',

@@ -12,7 +12,7 @@ vis_backends = [dict(type='LocalVisBackend')]
 visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(by_epoch=False)
 log_level = 'INFO'
-# Never point load_from at a densessl backbone.pt: set model.backbone.weights (read by densessl, weights_only=True).
+# Never point load_from at a densessl export: set model.backbone.weights (read by densessl, weights_only=True).
 # load_from is only for full mmseg checkpoints written by these configs.
 load_from = None
 resume = False

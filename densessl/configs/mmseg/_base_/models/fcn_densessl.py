@@ -1,5 +1,5 @@
 # FCN on an OS-8 dilated densessl ResNet-50 (mmseg's fcn_r50-d8 layout): timm builds the dilated network with
-# model_kwargs=dict(output_stride=8), which keeps the parameter shapes, so the same backbone.pt loads.
+# model_kwargs=dict(output_stride=8), which keeps the parameter shapes, so the same export loads.
 # Difference from mmseg's fcn_r50-d8: timm's ResNet-50 has the plain 7x7 stem, not ResNetV1c's deep stem.
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(

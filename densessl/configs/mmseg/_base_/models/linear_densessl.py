@@ -4,7 +4,7 @@
 # stem), and the head reads the concatenation of all four stage outputs (strides 4/8/16/32) resized to stride 4
 # ("resize_concat"), not a single map of an OS-8 dilated ResNet. A dilated timm ResNet is available with
 # backbone.model_kwargs=dict(output_stride=8) (same weights; see the FCN configs).
-# Set the weights with --cfg-options model.backbone.weights=runs/<run>/backbone.pt (read by densessl).
+# Set the weights with --cfg-options model.backbone.weights=runs/<run> (read by densessl).
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 data_preprocessor = dict(
     type='SegDataPreProcessor',
