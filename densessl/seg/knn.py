@@ -10,8 +10,15 @@ Protocol (``run_knn``):
        are dropped. ``augment_memory`` extra passes add random resized crops (scale ``augment_scale``) with random
        horizontal flips of the train images, the masks cropped and flipped identically (NEAREST).
     2. Memory size. The memory holds at most ``memory_size`` patches: each image (and each augmented copy)
-       contributes at most ``ceil(memory_size / (num_train * (1 + augment_memory)))`` randomly chosen valid patches
-       (seeded), and a final seeded random subsample enforces the cap. Only the kept patches are ever stored.
+       contributes at most ``ceil(memory_size / (num_train * (1 + augment_memory)))`` valid patches (seeded), and a
+       final seeded random subsample enforces the cap. Only the kept patches are ever stored. Which patches an image
+       gives (``memory_sampling``): ``uniform`` picks them uniformly at random; ``rare_class`` is the open Hummingbird
+       implementation's sampler (vpariza/open-hummingbird-eval, ``sample_features``): a patch scores the sum, over the
+       classes it contains, of how many of the image's patches contain that class, times a uniform draw in [0, 1),
+       and the lowest scores are kept, so patches of the image's rarer classes are preferred.
+    Label fraction (``label_fraction``, the NeCo/DIP "data fraction" setting: 1/1, 1/8, 1/64, 1/128): the memory is
+       built from a random subset of ``max(1, round(fraction * num_train))`` train images, drawn with
+       ``fraction_seed`` (the subset's indices are written into the settings); the val split is always whole.
     3. Retrieval. Each val patch feature (L2-normalized) gets its ``k`` nearest memory patches by cosine similarity:
        exact search in torch over (query chunk x memory chunk) blocks, or ``faiss.IndexFlatIP`` when ``use_faiss`` and
        faiss imports. Weights = softmax(similarity / temperature) over the ``k``; the patch's predicted distribution is
@@ -29,7 +36,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import torch
@@ -60,6 +67,7 @@ __all__ = [
     "knn_search",
     "knn_predict",
     "build_memory",
+    "fraction_indices",
     "run_knn",
     "faiss_available",
 ]
@@ -89,6 +97,9 @@ class KNNRetrievalConfig:
         query_chunk_size: Query patches per similarity block (bounds memory: block = query x memory chunk floats).
         memory_chunk_size: Memory patches per similarity block.
         use_faiss: Use ``faiss.IndexFlatIP`` if faiss imports (falls back to torch otherwise).
+        memory_sampling: ``uniform`` or ``rare_class`` (the open Hummingbird sampler; see the module docstring).
+        label_fraction: Fraction of the train images the memory is built from (``1.0``: all).
+        fraction_seed: Seed of the train-image subset (each seed a different subset of the same size).
     """
 
     k: Annotated[int, Range(ge=1)] = 30
@@ -99,6 +110,9 @@ class KNNRetrievalConfig:
     query_chunk_size: Annotated[int, Range(ge=1)] = 1024
     memory_chunk_size: Annotated[int, Range(ge=1)] = 65536
     use_faiss: bool = False
+    memory_sampling: Literal["uniform", "rare_class"] = "uniform"
+    label_fraction: Annotated[float, Range(gt=0, le=1)] = 1.0
+    fraction_seed: int = 0
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first impossible value."""
@@ -357,6 +371,28 @@ def knn_predict(
     return torch.einsum("qk,qkc->qc", weights, labels)
 
 
+def fraction_indices(num_train: int, fraction: float, seed: int) -> list[int]:
+    """The train images a memory at ``fraction`` is built from: ``max(1, round(fraction * num_train))`` distinct
+    indices drawn with ``seed``, sorted (all of them for ``fraction == 1``)."""
+    if fraction >= 1.0:
+        return list(range(num_train))
+    count = max(1, round(fraction * num_train))
+    generator = torch.Generator().manual_seed(derive_seed(seed, num_train, count))
+    return sorted(torch.randperm(num_train, generator=generator)[:count].tolist())
+
+
+def _sampling_scores(labels: PatchLabels, sampling: str, generator: torch.Generator) -> Tensor:
+    """``(B, hw)`` scores, lowest kept, invalid patches ``inf`` (see ``memory_sampling`` in the module docstring)."""
+    draw = torch.rand(labels.valid.shape, generator=generator)
+    if sampling == "rare_class":
+        present = (labels.distributions > 0).float()  # (B, hw, K)
+        patches_with_class = present.sum(dim=1, keepdim=True)  # (B, 1, K)
+        scores = (present * patches_with_class).sum(dim=-1) * draw
+    else:  # the largest draws are kept
+        scores = -draw
+    return scores.masked_fill(~labels.valid, float("inf"))
+
+
 def _flatten_patches(features: Tensor) -> Tensor:
     """``(B, C, h, w)`` -> ``(B, h * w, C)`` L2-normalized float32."""
     return F.normalize(rearrange(features.float(), "b c h w -> b (h w) c"), dim=-1)
@@ -393,9 +429,9 @@ def build_memory(
             valid = labels.valid.to(patches.device)
             seen_patches += int(valid.sum())
             if quota < valid.shape[1]:
-                scores = torch.rand(valid.shape, generator=generator).to(patches.device).masked_fill(~valid, -1.0)
-                top = scores.topk(quota, dim=1)
-                keep = torch.zeros_like(valid).scatter_(1, top.indices, top.values >= 0)
+                scores = _sampling_scores(labels, cfg.memory_sampling, generator).to(patches.device)
+                low = scores.topk(quota, dim=1, largest=False)
+                keep = torch.zeros_like(valid).scatter_(1, low.indices, torch.isfinite(low.values))
             else:
                 keep = valid
             feats_kept.append(patches[keep].to(device, torch.float16))
@@ -444,8 +480,14 @@ def run_knn(
         logger.warning("use_faiss=True but faiss is not importable; using exact torch search")
     timings: dict[str, float] = {}
 
+    chosen = fraction_indices(len(train_ds), cfg.label_fraction, cfg.fraction_seed)  # type: ignore[arg-type]
+    whole = len(chosen) == len(train_ds)  # type: ignore[arg-type]
+    memory_ds = train_ds if whole else torch.utils.data.Subset(train_ds, chosen)
+    if memory_ds is not train_ds:
+        logger.info("label fraction %.4g: the memory is built from %d of %d train images (fraction seed %d)",
+                    cfg.label_fraction, len(chosen), len(train_ds), cfg.fraction_seed)  # type: ignore[arg-type]
     start = time.perf_counter()
-    memory, facts = build_memory(backbone, train_ds, num_classes, ignore_index, cfg, device)
+    memory, facts = build_memory(backbone, memory_ds, num_classes, ignore_index, cfg, device)
     timings["build_memory"] = time.perf_counter() - start
     k = min(cfg.k, memory.features.shape[0])
     if k < cfg.k:
@@ -476,6 +518,8 @@ def run_knn(
         "num_classes": num_classes,
         "ignore_index": ignore_index,
         "num_train": len(train_ds),  # type: ignore[arg-type]
+        "memory_train_images": len(chosen),
+        **({"memory_train_indices": chosen} if len(chosen) < len(train_ds) else {}),  # type: ignore[arg-type]
         "num_val": num_val,
         "feature_channels": int(memory.features.shape[1]),
         "eval_resolution": [cfg.input_size, cfg.input_size],

@@ -13,6 +13,9 @@ from densessl.seg.knn import (
     AugmentedSegmentation,
     DenseMemory,
     KNNConfig,
+    PatchLabels,
+    _sampling_scores,
+    fraction_indices,
     knn_predict,
     knn_search,
     patch_label_distributions,
@@ -128,3 +131,44 @@ def test_faiss_search_equals_torch_search() -> None:
     exact = knn_predict(queries, memory, k=7, temperature=0.02, query_chunk_size=16, memory_chunk_size=64)
     with_faiss = knn_predict(queries, memory, k=7, temperature=0.02, use_faiss=True)
     torch.testing.assert_close(with_faiss, exact, atol=1e-4, rtol=1e-4)
+
+
+def test_fraction_indices_are_seeded_subsets_of_the_stated_size() -> None:
+    assert fraction_indices(572, 1.0, 0) == list(range(572))
+    for fraction, size in ((1 / 8, 72), (1 / 64, 9), (1 / 128, 4), (1 / 1000, 1)):
+        chosen = fraction_indices(572, fraction, 0)
+        assert len(chosen) == size and chosen == sorted(set(chosen)) and all(0 <= i < 572 for i in chosen)
+        assert fraction_indices(572, fraction, 0) == chosen  # seeded
+    assert fraction_indices(572, 1 / 8, 0) != fraction_indices(572, 1 / 8, 1)
+
+
+def test_a_label_fraction_builds_the_memory_from_that_many_train_images() -> None:
+    train, val = SplitColours(24, seed=0), SplitColours(8, seed=1)
+    cfg = KNNConfig(input_size=32, progress=False, label_fraction=1 / 8, fraction_seed=3)
+    settings = run_knn(MeanColourBackbone(), train, val, cfg).settings
+    assert settings["label_fraction"] == 1 / 8 and settings["fraction_seed"] == 3
+    assert settings["memory_train_images"] == 3 and settings["memory_train_indices"] == fraction_indices(24, 1 / 8, 3)
+    assert settings["memory_patches"] == 3 * 16 and settings["num_train"] == 24 and settings["num_val"] == 8
+    whole = run_knn(MeanColourBackbone(), train, val, KNNConfig(input_size=32, progress=False)).settings
+    assert whole["memory_train_images"] == 24 and "memory_train_indices" not in whole
+
+
+def test_rare_class_sampling_prefers_the_patches_of_an_images_rarer_classes() -> None:
+    """Three patches of class 0, one of class 1, one ignore-only: the open Hummingbird sampler scores a patch by how
+    many of the image's patches share its classes times a uniform draw, so the class-1 patch is kept far more often
+    than a uniform sampler keeps it (1/4), and the ignore-only patch never."""
+    distributions = torch.tensor([[[1.0, 0.0], [1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])
+    labels = PatchLabels(distributions=distributions, valid=torch.tensor([[True, True, True, True, False]]))
+    generator = torch.Generator().manual_seed(0)
+    kept = [int(_sampling_scores(labels, "rare_class", generator).argmin()) for _ in range(400)]
+    assert 4 not in kept and kept.count(3) / 400 > 0.45  # 0.6 expected
+    uniform = [int(_sampling_scores(labels, "uniform", generator).argmin()) for _ in range(400)]
+    assert 4 not in uniform and 0.15 < uniform.count(3) / 400 < 0.35
+
+
+def test_rare_class_sampling_runs_end_to_end_under_a_memory_cap() -> None:
+    train, val = SplitColours(12, seed=0), SplitColours(4, seed=1)
+    cfg = KNNConfig(input_size=32, memory_size=24, k=5, progress=False, memory_sampling="rare_class")
+    result = run_knn(MeanColourBackbone(), train, val, cfg)
+    assert result.settings["memory_patches"] == 24 and result.settings["memory_sampling"] == "rare_class"
+    assert result.metrics.miou > 80.0
