@@ -185,7 +185,7 @@ def _timm_config(model: nn.Module, arch: str) -> dict[str, Any]:
     model_args = {"dynamic_img_size": True} if getattr(model, "dynamic_img_size", False) else None
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / TIMM_CONFIG_NAME
-        save_config_for_hf(model, str(path), model_args=model_args)
+        save_config_for_hf(model, path, model_args=model_args)  # a Path: timm 1.0.20 calls path.open()
         config = json.loads(path.read_text(encoding="utf-8"))
     pretrained = config.get("pretrained_cfg", {})
     for key in ("tag", "license", "origin_url", "paper_ids", "paper_name", "notes", "hf_hub_id", "url", "file"):

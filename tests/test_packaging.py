@@ -58,3 +58,19 @@ def test_console_command_finds_shipped_configs_outside_the_checkout(installed: t
     missing = subprocess.run([sys.executable, str(command), "pretrain/nope.yaml"], cwd=tmp_path, env=env,
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2 and "the configs shipped with densessl are in" in missing.stderr
+
+
+def test_the_timm_lower_bound_has_what_densessl_uses() -> None:
+    """pyproject's timm bound is the first release with the local-dir: loader (the export) and the DINOv3 models;
+    scripts/check_min_versions.sh runs the suite on exactly that release."""
+    import re
+    import tomllib
+
+    import timm
+    from packaging.version import Version
+
+    dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    bound = next(re.match(r"timm>=([\d.]+)", d).group(1) for d in dependencies if d.startswith("timm"))
+    assert bound == "1.0.20" and Version(timm.__version__) >= Version(bound)
+    assert f'"timm=={bound}"' in (ROOT / "scripts" / "check_min_versions.sh").read_text()
+    assert timm.list_models("vit_*_dinov3*") and timm.list_models("convnext_*")
