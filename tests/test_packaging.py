@@ -64,9 +64,9 @@ def test_the_timm_lower_bound_has_what_densessl_uses() -> None:
     """pyproject's timm bound is the first release with the local-dir: loader (the export) and the DINOv3 models;
     scripts/check_min_versions.sh runs the suite on exactly that release."""
     import re
-    import tomllib
 
     import timm
+    import tomllib
     from packaging.version import Version
 
     dependencies = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
