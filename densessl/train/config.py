@@ -24,6 +24,7 @@ from densessl.config_io import load_config as _load
 from densessl.data.transforms import MultiCropConfig
 from densessl.objectives import OBJECTIVES
 from densessl.objectives.densecl import DenseCLConfig
+from densessl.objectives.gram import GramConfig
 from densessl.objectives.pixpro import PixProConfig
 from densessl.objectives.vicreg import VICRegConfig
 from densessl.objectives.vicregl import VICRegLConfig
@@ -144,6 +145,7 @@ class Config:
     vicreg: VICRegConfig = field(default_factory=VICRegConfig)
     densecl: DenseCLConfig = field(default_factory=DenseCLConfig)
     pixpro: PixProConfig = field(default_factory=PixProConfig)
+    gram: GramConfig = field(default_factory=GramConfig)  # Gram anchoring, added to any method (off by default)
 
     @property
     def objective(self) -> Any:

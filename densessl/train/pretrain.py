@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
+from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, encode_views
@@ -36,6 +38,7 @@ from densessl.data.pretrain_data import ImageFolder, PretrainDataset, ResumableS
 from densessl.data.transforms import MultiCrop
 from densessl.diagnostics import dense_diagnostics
 from densessl.objectives import OBJECTIVES
+from densessl.objectives.gram import GramConfig, gram_loss, patches, resize_to_grid
 from densessl.objectives.momentum import ema_update, frozen_copy
 from densessl.schema import to_dict
 from densessl.train import engine
@@ -55,19 +58,79 @@ FIXED_ON_RESUME = ("method", "model.arch", "model.levels", "model.model_kwargs",
 
 
 class Pretrainer(nn.Module):
-    """Backbone + objective (+ EMA teacher backbone) in one module, so DDP wraps a single forward.
+    """Backbone + objective (+ EMA teacher backbone, + Gram teacher) in one module, so DDP wraps a single forward.
 
     Objectives with ``uses_teacher = True`` receive the teacher backbone's features, computed by the same
     ``encode_views`` as the student's under ``no_grad``; ``update_teacher`` moves the teacher backbone and the
     objective's ``ema_pairs()`` heads by EMA after each optimizer step.
+
+    With ``gram`` enabled (``densessl.objectives.gram``), ``gram_step(iteration)`` before each step takes or refreshes
+    the Gram teacher and switches the term on from ``gram.start_iter``; ``forward`` then adds ``gram`` (the term) to
+    the objective's outputs and ``gram.weight`` times it to ``loss``. The Gram teacher and ``gram_iteration`` (the
+    iteration its weights were taken at, -1 before) are in the state dict, so checkpoints carry them.
     """
 
-    def __init__(self, backbone: DenseBackbone, objective: nn.Module, channels_last: bool = False) -> None:
+    def __init__(self, backbone: DenseBackbone, objective: nn.Module, channels_last: bool = False,
+                 gram: GramConfig | None = None) -> None:
         super().__init__()
         self.backbone = backbone
         self.objective = objective
         self.channels_last = channels_last
         self.teacher_backbone = frozen_copy(backbone) if getattr(objective, "uses_teacher", False) else None
+        self.gram = gram if gram is not None and gram.enabled else None
+        self.gram_teacher: nn.Module | None = None
+        self.gram_active = False
+        if self.gram is not None:
+            self.gram.validate()
+            if self.gram.source == "ema" and self.teacher_backbone is None:
+                raise ValueError(f"gram.source: 'ema' needs an objective with an EMA teacher (DenseCL, PixPro), not "
+                                 f"{type(objective).__name__}; use gram.source=online")
+            if self.gram.weights is not None:
+                external = DenseBackbone(self.gram.arch, weights=self.gram.weights)
+                self.gram_teacher = frozen_copy(external)
+            else:
+                self.gram_teacher = frozen_copy(backbone)
+            self.register_buffer("gram_iteration", torch.tensor(-1, dtype=torch.int64))
+
+    def gram_step(self, iteration: int) -> bool:
+        """Before optimizer step ``iteration + 1`` (``iteration`` steps done): take the Gram teacher at
+        ``gram.start_iter``, refresh it every ``gram.refresh_every`` iterations up to ``gram.refresh_until``; returns
+        whether the term is on for this step."""
+        cfg = self.gram
+        self.gram_active = cfg is not None and iteration >= cfg.start_iter
+        if not self.gram_active or cfg.weights is not None:
+            return self.gram_active
+        taken = int(self.gram_iteration)
+        due = taken < 0 or (cfg.refresh_every is not None and iteration - taken >= cfg.refresh_every
+                            and (cfg.refresh_until is None or iteration <= cfg.refresh_until))
+        if due:
+            source = self.teacher_backbone if cfg.source == "ema" else self.backbone
+            self.gram_teacher.load_state_dict(source.state_dict())
+            self.gram_iteration.fill_(iteration)
+        return True
+
+    def _gram_term(self, features: list, views: Views) -> Tensor:
+        """The Gram-anchoring term over the global views (see ``densessl.objectives.gram``)."""
+        cfg = self.gram
+        teacher = self.gram_teacher
+        teacher.eval()
+        student, target, first = [], [], 0
+        for group in views.images:
+            count = min(group.shape[1], views.n_global - first)
+            if count <= 0:
+                break
+            images = rearrange(group[:, :count], "b v c h w -> (v b) c h w")
+            if cfg.teacher_scale != 1.0:
+                images = F.interpolate(images, scale_factor=cfg.teacher_scale, mode="bicubic", align_corners=False)
+            with torch.no_grad():  # a copy of the student: the same level; an external backbone: its last stage
+                teacher_maps = teacher(images).maps[cfg.level if cfg.weights is None else -1]
+            for v in range(count):
+                maps = features[first + v].maps[cfg.level]
+                student.append(patches(maps))
+                block = teacher_maps[v * views.batch_size:(v + 1) * views.batch_size]
+                target.append(patches(resize_to_grid(block, tuple(maps.shape[-2:]))))
+            first += count
+        return gram_loss(torch.cat(student), torch.cat(target), cfg.normalization, cfg.remove_negative)
 
     def forward(self, views: Views) -> dict[str, Tensor]:
         features = encode_views(self.backbone, views, self.channels_last)
@@ -75,7 +138,11 @@ class Pretrainer(nn.Module):
         if self.teacher_backbone is not None:
             with torch.no_grad():
                 teacher_features = encode_views(self.teacher_backbone, views, self.channels_last)
-        return self.objective(features, views, teacher_features)
+        out = self.objective(features, views, teacher_features)
+        if self.gram_active:
+            term = self._gram_term(features, views)
+            out = {**out, "loss": out["loss"] + self.gram.weight * term, "gram": term.detach()}
+        return out
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
@@ -158,7 +225,7 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
                              model_kwargs=cfg.model.model_kwargs)
     method_cls, _ = OBJECTIVES[cfg.method]
     objective = method_cls.from_backbone(backbone, cfg.objective)
-    pretrainer = Pretrainer(backbone, objective, cfg.train.channels_last)
+    pretrainer = Pretrainer(backbone, objective, cfg.train.channels_last, gram=cfg.gram)
     model: nn.Module = pretrainer
     if run.distributed and cfg.train.sync_bn:
         if device.type == "cuda":
@@ -257,6 +324,7 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
                 lr = lr_at(step, total_steps, warmup_steps, cfg.optim, cfg.data.batch_size)
                 engine.set_lr(optimizer, lr)
                 micro_batches = [next(batches) for _ in range(cfg.optim.accumulate)]
+                pretrainer.gram_step(step)  # takes or refreshes the Gram teacher when due (gram.enabled)
                 for views in micro_batches:
                     skipped = views.extras.pop("skipped")
                     skipped_files.update(skipped[skipped >= 0].tolist())

@@ -1,4 +1,4 @@
-"""Exact distributed gradients: for every objective, 2 gloo processes with B images each under DDP give the same loss
+"""Exact distributed gradients: for every objective (and VICRegL with Gram anchoring), 2 gloo processes with B images each under DDP give the same loss
 and the same parameter gradients (backbone, projectors, local and dense heads) as one process with the 2B images.
 
 The known trap in peers is a gathered loss whose value is right and whose gradient is off by the world size. Here the
@@ -23,6 +23,7 @@ from densessl.backbones import DenseBackbone
 from densessl.data.collate import collate_views
 from densessl.data.transforms import MultiCrop, MultiCropConfig
 from densessl.objectives import OBJECTIVES
+from densessl.objectives.gram import GramConfig
 from densessl.train.pretrain import Pretrainer
 
 WORLD = 2
@@ -31,13 +32,20 @@ SMALL_HEADS = {"projector": "64-64", "local_projector": "32-32", "hidden_dim": 6
                "out_dim": 16}
 
 
-def _model(name: str) -> Pretrainer:
+# case -> (objective, Gram anchoring). The Gram teacher sees 2x views, so the term and its gradient are not zero.
+CASES = {**{name: (name, None) for name in OBJECTIVES},
+         "vicregl_gram": ("vicregl", GramConfig(enabled=True, weight=10.0, teacher_scale=2.0))}
+
+
+def _model(case: str) -> Pretrainer:
     torch.manual_seed(0)
+    name, gram = CASES[case]
     method_cls, config_cls = OBJECTIVES[name]
     fields = config_cls.__dataclass_fields__
     backbone = DenseBackbone("resnet18")
     model = Pretrainer(backbone, method_cls.from_backbone(backbone, config_cls(**{
-        k: v for k, v in SMALL_HEADS.items() if k in fields})))
+        k: v for k, v in SMALL_HEADS.items() if k in fields})), gram=gram)
+    model.gram_step(0)
     model.train()
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
@@ -62,7 +70,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         views = collate_views(_samples()[rank * BATCH:(rank + 1) * BATCH])
-        for name in sorted(OBJECTIVES):
+        for name in sorted(CASES):
             model = _model(name)
             ddp = nn.parallel.DistributedDataParallel(model, find_unused_parameters=not model.objective.uses_pooled)
             out = ddp(views)
@@ -80,7 +88,7 @@ def distributed_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-@pytest.mark.parametrize("name", sorted(OBJECTIVES))
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_two_processes_give_the_loss_and_gradients_of_one_with_the_doubled_batch(name: str,
                                                                                  distributed_runs: Path) -> None:
     ranks = [torch.load(distributed_runs / f"{name}_rank{r}.pt", weights_only=True) for r in range(WORLD)]
@@ -89,6 +97,8 @@ def test_two_processes_give_the_loss_and_gradients_of_one_with_the_doubled_batch
     out = model(collate_views(_samples()))
     out["loss"].backward()
     single = _grads(model)
+    if CASES[name][1] is not None:
+        assert out["gram"] > 0
 
     # The objective is a mean over the global batch: the ranks' losses average to the one-process loss.
     torch.testing.assert_close(torch.stack([r["loss"] for r in ranks]).mean(), out["loss"].detach(),
