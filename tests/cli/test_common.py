@@ -141,6 +141,7 @@ BAD_INPUT = {
     "densessl-eval-seg": ["--weights", "no/such.pt", "--arch", "resnet18", "--dataset", "synthetic", "--protocol",
                           "knn"],
     "densessl-eval-video": ["--weights", "no/such.pt", "--data-root", "no/such/davis"],
+    "densessl-eval-depth": ["--weights", "no/such.pt", "--data-root", "no/such/nyu"],
     "densessl-compare-evals": ["no/such.json"],
     "densessl-viz": ["--weights", "no/such.pt", "--arch", "resnet18", "--dataset", "synthetic", "--out", "m.png"],
     "densessl-convert": ["no/such.pth"],

@@ -1,5 +1,6 @@
-"""Exact distributed gradients: for every objective (and VICRegL with Gram anchoring), 2 gloo processes with B images each under DDP give the same loss
-and the same parameter gradients (backbone, projectors, local and dense heads) as one process with the 2B images.
+"""Exact distributed gradients: for every objective (and VICRegL with Gram anchoring), 2 gloo processes with B images
+each under DDP give the same loss and the same parameter gradients (backbone, projectors, local and dense heads) as
+one process with the 2B images.
 
 The known trap in peers is a gathered loss whose value is right and whose gradient is off by the world size. Here the
 whole Pretrainer runs under ``DistributedDataParallel`` (which averages gradients over ranks), so the test sees what
