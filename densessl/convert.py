@@ -44,6 +44,16 @@ dinov2     facebookresearch/dinov2: hub backbones (``dinov2_vits14_pretrain.pth`
            student.backbone.*, teacher.backbone.*, ...}``. timm's own converter (its ViT
            ``checkpoint_filter_fn``) renames, folds the registers and resamples ``pos_embed`` (37x37 at 518 px)
            to the arch's grid.
+dinov3     facebookresearch/dinov3: the released ViT backbones (``dinov3_vits16_pretrain_lvd1689m-*.pth``, ...) hold
+           ``cls_token``, ``storage_tokens`` (4 registers), ``mask_token``, ``patch_embed.proj``, the RoPE buffer
+           ``rope_embed.periods``, blocks with ``attn.qkv`` (+ ``qkv.bias`` and its ``bias_mask``, which zeroes the
+           key bias), ``ls1/ls2.gamma`` and an MLP (``mlp.fc1/fc2``) or SwiGLU (``mlp.w1/w2/w3``: ``vits16plus``,
+           ``vith16plus``, ``vit7b16``), and a final ``norm`` (training checkpoints: ``teacher``/``student`` with
+           ``backbone.*`` as DINOv2's). timm's EVA ``checkpoint_filter_fn`` renames them for its
+           ``vit_*_patch16_dinov3`` models (registers -> ``reg_token``, layer scale -> ``gamma_1/2``, q/v biases
+           split out for the ``_qkvb`` variants, RoPE periods recomputed by timm). The ConvNeXt backbones
+           (``dinov3_convnext_{tiny,small,base,large}``) use the official ConvNeXt names with layer scale and no
+           classifier, plus per-stage output norms ``norms.*`` that timm's ``convnext_*`` does not have (dropped).
 convnext   facebookresearch/ConvNeXt releases ``{"model": <official names> + head.weight/bias}``.
 timm       Already timm's names (timm/torchvision ResNets, the DINO/iBOT/VICReg(L) ResNet and ViT backbone files,
            densessl exports), possibly under a wrapper, ``module.`` or ``backbone.``.
@@ -94,11 +104,12 @@ FORMATS: dict[str, str] = {
     "dino": "DINO checkpoint (facebookresearch/dino)",
     "ibot": "iBOT checkpoint (bytedance/ibot)",
     "dinov2": "DINOv2 checkpoint (facebookresearch/dinov2)",
+    "dinov3": "DINOv3 checkpoint (facebookresearch/dinov3)",
     "convnext": "official ConvNeXt checkpoint (facebookresearch/ConvNeXt)",
     "timm": "state dict with timm key names",
 }
 BRANCHES = ("teacher", "student")
-_TEACHER_STUDENT = ("dino", "ibot", "dinov2")  # formats with a teacher and a student network
+_TEACHER_STUDENT = ("dino", "ibot", "dinov2", "dinov3")  # formats with a teacher and a student network
 
 # Where the backbone sits in each format's state dict (after DDP's "module." is removed), first match wins;
 # "{branch}" is "teacher" or "student". No match: the whole state dict is the backbone (a backbone-only file).
@@ -110,6 +121,7 @@ _BACKBONE_PREFIXES: dict[str, tuple[str, ...]] = {
     "dino": ("backbone.",),
     "ibot": ("backbone.",),
     "dinov2": ("{branch}.backbone.", "backbone."),
+    "dinov3": ("{branch}.backbone.", "backbone."),
     "convnext": (),
     "timm": ("backbone.",),
 }
@@ -269,6 +281,12 @@ def _is_dinov2_backbone(keys: set[str] | dict[str, Any]) -> bool:
             or any(re.match(r"blocks\.\d+\.(\d+\.norm1|mlp\.w12)\.", k) for k in keys))
 
 
+def _is_dinov3_backbone(keys: set[str] | dict[str, Any]) -> bool:
+    """DINOv3's ViT (storage tokens, RoPE periods) or ConvNeXt (official names with per-stage ``norms.*``)."""
+    return ("storage_tokens" in keys or "rope_embed.periods" in keys
+            or ("downsample_layers.0.0.weight" in keys and any(k.startswith("norms.") for k in keys)))
+
+
 def detect_format(state: Any) -> str:
     """The layout of a loaded checkpoint: a key of ``FORMATS``, or ``"unknown"``.
 
@@ -287,14 +305,19 @@ def detect_format(state: Any) -> str:
         return "unknown"
     keys, _ = _strip_ddp(tensors)
     tops = {k.split(".", 1)[0] for k in keys}
-    if any(k.startswith(("teacher.backbone.", "student.backbone.")) for k in keys) or tops & {"dino_head",
-                                                                                           "ibot_head"}:
-        return "dinov2"
+    branches = {k.split(".backbone.", 1)[1] for k in keys if k.startswith(("teacher.backbone.", "student.backbone."))}
     backbone = {k[len("backbone."):] for k in keys if k.startswith("backbone.")} or set(keys)
+    if branches or tops & {"dino_head", "ibot_head"}:
+        return "dinov3" if _is_dinov3_backbone(branches or backbone) else "dinov2"
+    if _is_dinov3_backbone(backbone):
+        return "dinov3"
     if "ibot_loss" in state or "masked_embed" in backbone or any(k.startswith("head.last_layer2") for k in keys):
         return "ibot"
     if "dino_loss" in state or entry in BRANCHES:  # teacher/student checkpoints: the DINO family
         return "dinov2" if _is_dinov2_backbone(backbone) else "dino"
+    if _family(backbone) == "convnext_official" and "head.weight" not in backbone \
+            and any(k.endswith(".gamma") for k in backbone):
+        return "dinov3"  # layer scale without a classifier: DINOv3's ConvNeXt (facebookresearch releases have heads)
     if {"encoder", "encoder_k"} <= tops:
         return "pixpro"
     if tops & {"encoder_q", "encoder_k", "queue2"} or state.get("author") == "DenseCL":
@@ -353,6 +376,23 @@ _CONVNEXTS = {((2, 2, 6, 2), 40): "convnext_atto", ((2, 2, 6, 2), 48): "convnext
               ((3, 3, 27, 3), 128): "convnext_base", ((3, 3, 27, 3), 192): "convnext_large",
               ((3, 3, 27, 3), 256): "convnext_xlarge"}
 _VIT_SIZES = {(192, 12): "tiny", (384, 12): "small", (768, 12): "base", (1024, 24): "large", (1536, 40): "giant"}
+# DINOv3 ViTs: (width, depth, SwiGLU) -> timm name stem (``vit_<stem>_patch16_dinov3``, ``_qkvb`` with q/v biases).
+_DINOV3_VITS = {(384, 12, False): "small", (384, 12, True): "small_plus", (768, 12, False): "base",
+                (1024, 24, False): "large", (1280, 32, True): "huge_plus", (4096, 40, True): "7b"}
+
+
+def _dinov3_vit_name(backbone: dict[str, Tensor]) -> str | None:
+    """``vit_small_patch16_dinov3`` etc. from a DINOv3 ViT's shapes; ``_qkvb`` when its q or v biases are not 0."""
+    proj = backbone["patch_embed.proj.weight"]
+    dim, patch = int(proj.shape[0]), int(proj.shape[-1])
+    depth = _count(backbone, r"blocks\.(\d+)\.")
+    swiglu = "blocks.0.mlp.w1.weight" in backbone
+    stem = _DINOV3_VITS.get((dim, depth, swiglu))
+    if stem is None:
+        return None
+    bias = backbone.get("blocks.0.attn.qkv.bias")
+    qkvb = bias is not None and bool(torch.cat([bias[:dim], bias[2 * dim:]]).abs().sum() > 0)
+    return f"vit_{stem}_patch{patch}_dinov3{'_qkvb' if qkvb else ''}"
 
 
 def _count(keys: Any, pattern: str) -> int:
@@ -387,7 +427,9 @@ def _infer_from_backbone(backbone: dict[str, Tensor], family: str | None) -> str
         proj = backbone["patch_embed.proj.weight"]
         dim, patch = int(proj.shape[0]), int(proj.shape[-1])
         size = _VIT_SIZES.get((dim, _count(keys, r"blocks\.(\d+)\.")))
-        if size is not None and _is_dinov2_backbone(backbone):
+        if _is_dinov3_backbone(backbone):
+            name = _dinov3_vit_name(backbone)
+        elif size is not None and _is_dinov2_backbone(backbone):
             registers = int(backbone["register_tokens"].shape[1]) if "register_tokens" in backbone else 0
             name = f"vit_{size}_patch{patch}_{f'reg{registers}_' if registers else ''}dinov2"
         elif size is not None and "pos_embed" in backbone:
@@ -400,7 +442,8 @@ def infer_arch(state: Any, source_format: str | None = None, branch: str | None 
     """The timm architecture a checkpoint's backbone fits, from its tensor shapes; ``None`` when unsure.
 
     Knows the standard ResNets (18-152, wide_resnet50_2), ConvNeXts (atto-xlarge) and ViTs (tiny/small/base/large/
-    giant; ``*_dinov2`` and ``*_reg4_dinov2`` for DINOv2, otherwise the patch size and the grid of ``pos_embed``).
+    giant; ``*_dinov2`` and ``*_reg4_dinov2`` for DINOv2, ``vit_*_patch16_dinov3[_qkvb]`` for DINOv3, otherwise the
+    patch size and the grid of ``pos_embed``).
     """
     source_format = source_format or detect_format(state)
     if source_format not in FORMATS:
@@ -451,7 +494,8 @@ def _rename_convnext(backbone: dict[str, Tensor], official: bool, model: nn.Modu
     if not official:
         kept, dropped = _split_off(backbone, ("head.fc.",))
         return _Renamed(kept, dropped)
-    kept, dropped = _split_off(backbone, ("head.",))  # the official classifier: head.weight, head.bias
+    # The official classifier (head.weight, head.bias); DINOv3's per-stage output norms (norms.S.*).
+    kept, dropped = _split_off(backbone, ("head.", "norms."))
     try:
         state = checkpoint_filter_fn(dict(kept), model)
     except (KeyError, RuntimeError) as error:  # a 2-D tensor with no counterpart in the model, or a bad reshape
@@ -482,6 +526,36 @@ def _rename_vit(backbone: dict[str, Tensor], model: nn.Module) -> _Renamed:
     if "register_tokens" in state:
         notes.append("DINOv2 register tokens -> reg_token; the class token's position embedding folded into "
                      "cls_token (timm's no_embed_class layout)")
+    return _Renamed(converted, dropped, notes)
+
+
+# DINOv3 ViT tensors timm's models do not hold: the masking input, the RoPE buffer (timm computes its own), the
+# key-bias mask, the local-crop class-token norm of the 7B's training.
+_DINOV3_UNUSED = ("mask_token", ".periods", ".bias_mask", "local_cls_norm.")
+
+
+def _rename_dinov3_vit(backbone: dict[str, Tensor], model: nn.Module) -> _Renamed:
+    from timm.models.eva import checkpoint_filter_fn
+
+    dropped = [k for k in backbone if k.startswith(_DINOV3_UNUSED) or k.endswith(_DINOV3_UNUSED)]
+    notes = ["DINOv3 storage tokens -> reg_token, ls1/ls2.gamma -> gamma_1/2 (timm's EVA converter); RoPE periods "
+             "recomputed by timm in float32 (the release stores them in bfloat16: timm's model card notes small "
+             "numerical differences)"]
+    has_q_bias = any(name.endswith("attn.q_bias") for name, _ in model.named_parameters())
+    biases = [k for k in backbone if k.endswith("attn.qkv.bias")]
+    if biases and not has_q_bias:
+        if any(bool(backbone[k].abs().sum() > 0) for k in biases):
+            raise _NoFit("its q/v biases are not zero but the arch has none; use the arch's _qkvb variant")
+        dropped += biases
+        notes.append("the all-zero qkv biases dropped (the arch has qkv_bias=False)")
+    elif biases:
+        notes.append("qkv.bias split into q_bias and v_bias (the key bias is fixed at 0 by its bias_mask)")
+    proj = backbone.get("patch_embed.proj.weight")
+    want = tuple(model.patch_embed.proj.weight.shape[-2:])
+    if proj is not None and tuple(proj.shape[-2:]) != want:
+        raise _NoFit(f"its patch size is {tuple(proj.shape[-2:])}, the arch's is {want}")
+    source = {k: v for k, v in backbone.items() if not (k in biases and not has_q_bias)}
+    converted = checkpoint_filter_fn(source, model)
     return _Renamed(converted, dropped, notes)
 
 
@@ -577,6 +651,8 @@ def convert_checkpoint(state: Any, arch: str | nn.Module, source_format: str | N
             renamed = _rename_resnet(backbone.tensors)
         elif have == "convnext":
             renamed = _rename_convnext(backbone.tensors, family == "convnext_official", model)
+        elif _is_dinov3_backbone(backbone.tensors):
+            renamed = _rename_dinov3_vit(backbone.tensors, model)
         else:
             renamed = _rename_vit(backbone.tensors, model)
     except _NoFit as error:

@@ -531,3 +531,74 @@ def test_cli(tmp_path: Path, resnet18: State, capsys: pytest.CaptureFixture[str]
     (tmp_path / "text.pth").write_text("hello")
     assert convert_main([str(tmp_path / "text.pth")]) == 2
     assert "is not a torch or safetensors file" in capsys.readouterr().err
+
+
+def _dinov3_official(state: State) -> State:
+    """timm's ``vit_*_patch16_dinov3[_qkvb]`` names -> the released DINOv3 layout: storage_tokens, ls1/ls2.gamma,
+    SwiGLU w1/w2/w3, one qkv.bias (key part 0) with its bias_mask, plus mask_token and the RoPE periods buffer."""
+    official: State = {}
+    dim = state["cls_token"].shape[-1]
+    for key, value in state.items():
+        name = key.replace("reg_token", "storage_tokens").replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma")
+        name = name.replace("mlp.fc1_g", "mlp.w1").replace("mlp.fc1_x", "mlp.w2")
+        if "mlp.w1" in name or "mlp.w2" in name or ("fc2" in name and "blocks.0.mlp.fc1_g.weight" in state):
+            name = name.replace("mlp.fc2", "mlp.w3")
+        if name.endswith("attn.q_bias"):
+            official[name.replace("q_bias", "qkv.bias")] = torch.cat(
+                [value, torch.zeros(dim), state[key.replace("q_bias", "v_bias")]])
+            continue
+        if name.endswith("attn.v_bias"):
+            continue
+        official[name] = value
+    for block in {k.split(".")[1] for k in state if k.startswith("blocks.")}:
+        if f"blocks.{block}.attn.qkv.bias" not in official:  # timm's non-qkvb models: the release's zero biases
+            official[f"blocks.{block}.attn.qkv.bias"] = torch.zeros(3 * dim)
+        official[f"blocks.{block}.attn.qkv.bias_mask"] = torch.cat([torch.ones(dim), torch.zeros(dim), torch.ones(dim)])
+    official["mask_token"] = torch.zeros(1, dim)
+    official["rope_embed.periods"] = torch.rand(16)
+    return official
+
+
+@pytest.mark.parametrize("arch", ["vit_small_patch16_dinov3", "vit_small_patch16_dinov3_qkvb",
+                                  "vit_small_plus_patch16_dinov3"])
+def test_dinov3_vit_round_trip(arch: str) -> None:
+    expected = _perturbed(_timm_state(arch))
+    official = _dinov3_official(expected)
+    assert "storage_tokens" in official and "blocks.0.ls1.gamma" in official and "rope_embed.periods" in official
+    teacher = {"teacher": {**_prefixed("backbone.", official), "dino_head.mlp.0.weight": torch.randn(8, 384)},
+               "student": _prefixed("backbone.", official)}
+    for layout in (official, teacher):  # the hub backbone file, and a training checkpoint
+        assert detect_format(layout) == "dinov3" and infer_arch(layout) == arch
+        converted, report = convert_state_dict(layout, arch)
+        _assert_exact(converted, expected)
+        assert not report.missing and not report.unexpected
+        assert "mask_token" in report.dropped and "rope_embed.periods" in report.dropped
+    model = timm.create_model(arch, pretrained=False, num_classes=0)
+    model.load_state_dict(convert_state_dict(official, arch)[0])  # strict
+
+
+def test_dinov3_vit_with_biases_refuses_an_arch_without_them() -> None:
+    official = _dinov3_official(_perturbed(_timm_state("vit_small_patch16_dinov3_qkvb")))
+    with pytest.raises(ValueError, match="q/v biases are not zero but the arch has none; use the arch's _qkvb"):
+        convert_state_dict(official, "vit_small_patch16_dinov3")
+
+
+def test_dinov3_convnext_round_trip() -> None:
+    expected = _perturbed(_timm_state("convnext_tiny"))
+    official = _official_convnext(expected, layer_scale=True)
+    official.pop("head.fc.weight", None), official.pop("head.fc.bias", None)
+    norms = {f"norms.{i}.weight": torch.ones(c) for i, c in enumerate((96, 192, 384, 768))}
+    for layout in (official, {**official, **norms}):  # with and without the per-stage output norms
+        assert detect_format(layout) == "dinov3" and infer_arch(layout) == "convnext_tiny"
+        converted, report = convert_state_dict(layout, "convnext_tiny")
+        _assert_exact(converted, expected)
+        assert not report.missing and all(k.startswith("norms.") for k in report.dropped)
+
+
+def test_convert_cli_round_trips_a_dinov3_file_into_a_timm_loadable_folder(tmp_path: Path) -> None:
+    expected = _perturbed(_timm_state("vit_small_patch16_dinov3"))
+    torch.save(_dinov3_official(expected), tmp_path / "dinov3_vits16_pretrain.pth")
+    assert convert_main([str(tmp_path / "dinov3_vits16_pretrain.pth"), "--out", str(tmp_path / "out")]) == 0
+    _assert_exact(read_backbone_weights(tmp_path / "out").state_dict, expected)
+    model = timm.create_model(f"local-dir:{tmp_path / 'out'}", pretrained=True)
+    assert type(model).__name__ == "Eva" and model.num_prefix_tokens == 5  # class token + 4 registers

@@ -17,21 +17,26 @@ Terms and options (``GramConfig``):
   global views only, as in the paper (the local crops get no Gram term). ``(B, C, h, w)`` -> ``P = h * w`` patches in
   row-major order.
 * **Gram teacher** (``source``): ``online`` copies the student backbone, ``ema`` the EMA teacher backbone (objectives
-  with a teacher: DenseCL, PixPro), at ``start_iter`` and then every ``refresh_every`` iterations until
-  ``refresh_until`` (the cap; ``None``: no cap) -- the paper takes an earlier EMA teacher and refreshes it every 10k
-  iterations. ``weights``: a frozen external backbone (any file ``densessl.weights`` reads: a run folder, a converted
+  with a teacher: DenseCL, PixPro), at ``start_iter`` and then every ``refresh_every`` iterations, at most
+  ``max_refreshes`` times (``None``: no cap) -- the released ViT-7B Gram stage refreshes every 10,000 iterations
+  from iteration 1,010,000 on, at most 3 times (``update_frequency``, ``it_first_update``, ``max_updates`` of its
+  ``dinov3_vit7b16_gram_anchor.yaml``). ``weights``: a frozen external backbone (any file ``densessl.weights`` reads: a run folder, a converted
   released checkpoint) anchors instead and is never refreshed. The Gram teacher runs in eval mode (BatchNorm with its
   running statistics) under ``no_grad``, and it and the iteration it was taken at are part of the checkpoint.
 * **Higher-resolution teacher** (``teacher_scale``): the teacher sees the global views upsampled by this factor
-  (bicubic) and its map is resized to the student's grid (bicubic, antialiased when shrinking) -- the paper's
-  high-resolution Gram teacher uses 2x images and downsamples its features to the student's size.
+  (bicubic) and its map is resized to the student's grid (bicubic, no antialiasing, as the released config's
+  ``global_teacher_resize_method``/``_antialias``) -- the released Gram stage gives the teacher 512 px crops for the
+  student's 256 px (``gram_teacher_crops_size``), the paper's high-resolution teacher.
 * **weight**, **start_iter**: the term is added from iteration ``start_iter`` on, ``weight`` times.
 
-Known differences from the paper: ``normalization`` ``mean`` divides the Frobenius term by ``P^2`` and averages over
-images (the paper writes the plain Frobenius norm; ``sum`` keeps it, averaged over images only) so that ``weight``
-does not depend on the grid size; ``remove_negative`` (off by default) clips negative similarities to 0 in both
-matrices, an option the paper does not use. The paper applies the term late in a very long ViT schedule (from 1M
-iterations on); at this library's scales ``start_iter`` is the user's choice.
+Known differences: ``normalization`` ``mean`` (the default) is the mean squared error over all Gram entries, as the
+released loss computes it (the paper writes the plain Frobenius norm, ``sum``: averaged over images only);
+``remove_negative`` clips negative similarities to 0 in both matrices (the release's ``remove_neg``, off in its 7B
+config; its ``remove_only_teacher_neg`` and batch-level ``img_level: false`` variants are not offered). The release
+ramps the weight from 0 to 2 over its schedule (``loss_weight_schedule``) and builds the teacher's crops without
+photometric distortions (``gram_teacher_no_distortions``); densessl keeps ``weight`` constant and feeds the teacher
+the student's own global views, upsampled. The paper applies the term late in a very long ViT schedule; at this
+library's scales ``start_iter`` is the user's choice.
 """
 
 from __future__ import annotations
@@ -57,7 +62,7 @@ class GramConfig:
     weight: Annotated[float, Range(ge=0)] = 1.0
     start_iter: Annotated[int, Range(ge=0)] = 0
     refresh_every: Annotated[int | None, Range(ge=1)] = None
-    refresh_until: Annotated[int | None, Range(ge=0)] = None
+    max_refreshes: Annotated[int | None, Range(ge=0)] = None
     source: Literal["online", "ema"] = "online"
     weights: str | None = None
     arch: str | None = None
@@ -101,11 +106,10 @@ def gram_loss(student: Tensor, teacher: Tensor, normalization: str = "mean", rem
 
 
 def resize_to_grid(maps: Tensor, grid: tuple[int, int]) -> Tensor:
-    """``(B, C, h', w')`` -> ``(B, C, h, w)`` (bicubic, antialiased when shrinking); returned as is when it fits."""
+    """``(B, C, h', w')`` -> ``(B, C, h, w)`` (bicubic, no antialiasing); returned as is when it fits."""
     if tuple(maps.shape[-2:]) == tuple(grid):
         return maps
-    shrink = maps.shape[-2] > grid[0] or maps.shape[-1] > grid[1]
-    return F.interpolate(maps.float(), size=grid, mode="bicubic", align_corners=False, antialias=shrink)
+    return F.interpolate(maps.float(), size=grid, mode="bicubic", align_corners=False)
 
 
 def patches(maps: Tensor) -> Tensor:

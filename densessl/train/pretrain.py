@@ -67,7 +67,8 @@ class Pretrainer(nn.Module):
     With ``gram`` enabled (``densessl.objectives.gram``), ``gram_step(iteration)`` before each step takes or refreshes
     the Gram teacher and switches the term on from ``gram.start_iter``; ``forward`` then adds ``gram`` (the term) to
     the objective's outputs and ``gram.weight`` times it to ``loss``. The Gram teacher and ``gram_iteration`` (the
-    iteration its weights were taken at, -1 before) are in the state dict, so checkpoints carry them.
+    iteration its weights were taken at, -1 before) and ``gram_refreshes`` are in the state dict, so checkpoints
+    carry them.
     """
 
     def __init__(self, backbone: DenseBackbone, objective: nn.Module, channels_last: bool = False,
@@ -91,22 +92,24 @@ class Pretrainer(nn.Module):
             else:
                 self.gram_teacher = frozen_copy(backbone)
             self.register_buffer("gram_iteration", torch.tensor(-1, dtype=torch.int64))
+            self.register_buffer("gram_refreshes", torch.tensor(0, dtype=torch.int64))
 
     def gram_step(self, iteration: int) -> bool:
         """Before optimizer step ``iteration + 1`` (``iteration`` steps done): take the Gram teacher at
-        ``gram.start_iter``, refresh it every ``gram.refresh_every`` iterations up to ``gram.refresh_until``; returns
-        whether the term is on for this step."""
+        ``gram.start_iter``, refresh it every ``gram.refresh_every`` iterations, at most ``gram.max_refreshes`` times;
+        returns whether the term is on for this step."""
         cfg = self.gram
         self.gram_active = cfg is not None and iteration >= cfg.start_iter
         if not self.gram_active or cfg.weights is not None:
             return self.gram_active
         taken = int(self.gram_iteration)
-        due = taken < 0 or (cfg.refresh_every is not None and iteration - taken >= cfg.refresh_every
-                            and (cfg.refresh_until is None or iteration <= cfg.refresh_until))
-        if due:
+        refresh = (taken >= 0 and cfg.refresh_every is not None and iteration - taken >= cfg.refresh_every
+                   and (cfg.max_refreshes is None or int(self.gram_refreshes) < cfg.max_refreshes))
+        if taken < 0 or refresh:
             source = self.teacher_backbone if cfg.source == "ema" else self.backbone
             self.gram_teacher.load_state_dict(source.state_dict())
             self.gram_iteration.fill_(iteration)
+            self.gram_refreshes.add_(int(refresh))
         return True
 
     def _gram_term(self, features: list, views: Views) -> Tensor:

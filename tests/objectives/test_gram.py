@@ -80,7 +80,7 @@ def _pretrainer(name: str = "vicregl", **gram) -> Pretrainer:
 
 
 def test_the_gram_teacher_is_taken_at_start_and_refreshed_up_to_the_cap() -> None:
-    model = _pretrainer(start_iter=2, refresh_every=3, refresh_until=6)
+    model = _pretrainer(start_iter=2, refresh_every=3, max_refreshes=1)
     taken = []
     for iteration in range(11):
         with torch.no_grad():  # the student moves every step
@@ -90,7 +90,8 @@ def test_the_gram_teacher_is_taken_at_start_and_refreshed_up_to_the_cap() -> Non
         taken.append(int(model.gram_iteration))
         if iteration == int(model.gram_iteration):  # just taken: the Gram teacher holds the student's weights
             assert torch.equal(model.gram_teacher.model.conv1.weight, model.backbone.model.conv1.weight)
-    assert taken == [-1, -1, 2, 2, 2, 5, 5, 5, 5, 5, 5]  # refreshed at 5; 8 is past refresh_until=6
+    assert taken == [-1, -1, 2, 2, 2, 5, 5, 5, 5, 5, 5]  # refreshed once, at 5 (max_refreshes=1)
+    assert int(model.gram_refreshes) == 1
     assert "gram_teacher.model.conv1.weight" in model.state_dict() and "gram_iteration" in model.state_dict()
 
 
