@@ -17,9 +17,9 @@ from densessl.cli.common import training_main
 
 
 def _report(result: Any, cfg: Any) -> None:
-    print(f"backbone: {result.backbone_path}")
-    print(f"evaluate it with: densessl-eval-seg --weights {result.backbone_path} --dataset synthetic "
-          f"--protocol linear")
+    print(f"backbone: {result.backbone_path} (timm: timm.create_model('local-dir:{result.backbone_path.parent}', "
+          "pretrained=True))")
+    print(f"evaluate it with: densessl-eval-seg --weights {result.run_dir} --dataset synthetic --protocol linear")
 
 
 def main(argv: list[str] | None = None) -> int:
