@@ -15,13 +15,11 @@ Exit codes: 0 done, 2 bad arguments, data, weights, architecture or device (one 
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
 import time
 
-from densessl.cli.common import print_error
+from densessl.cli.common import run_evaluation
 
 COMMAND = "densessl-eval-depth"
 
@@ -91,18 +89,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``densessl-eval-depth``; returns the exit code."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
-    try:
-        record = run(args)
-        if args.out:
-            from densessl.atomic import atomic_write_text
-
-            atomic_write_text(args.out, json.dumps(record, indent=2, allow_nan=False) + "\n")
-            print(f"wrote {args.out}")
-    except (OSError, ValueError) as error:
-        return print_error(COMMAND, error)
-    return 0
+    return run_evaluation(COMMAND, run, _parser().parse_args(argv))
 
 
 if __name__ == "__main__":
