@@ -91,19 +91,19 @@ def print_config(cfg: Any) -> None:
     print(yaml.safe_dump(plain, sort_keys=False, default_flow_style=False), end="")
 
 
-def run_evaluation(command: str, run: Callable[[argparse.Namespace], dict], args: argparse.Namespace) -> int:
-    """An evaluation tool's ``main`` after parsing: ``run(args)`` -> the result record, written as JSON to
-    ``args.out`` when set; a ``ValueError``/``OSError`` is one ``error: <command>:`` line and exit 2."""
+def run_evaluation(command: str, produce: Callable[[], dict], out: str | None) -> int:
+    """An evaluation tool's ``main`` after parsing: ``produce()`` -> the result record, written as JSON to ``out``
+    when set; a ``ValueError``/``OSError`` is one ``error: <command>:`` line and exit 2."""
     import json
 
     from densessl.atomic import atomic_write_text
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
     try:
-        record = run(args)
-        if args.out:
-            atomic_write_text(args.out, json.dumps(record, indent=2, allow_nan=False) + "\n")
-            print(f"wrote {args.out}")
+        record = produce()
+        if out:
+            atomic_write_text(out, json.dumps(record, indent=2, allow_nan=False) + "\n")
+            print(f"wrote {out}")
     except (OSError, ValueError) as error:
         return print_error(command, error)
     return EXIT_OK

@@ -89,7 +89,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``densessl-eval-depth``; returns the exit code."""
-    return run_evaluation(COMMAND, run, _parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    return run_evaluation(COMMAND, lambda: run(args), args.out)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ dataset.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from typing import Any
@@ -127,8 +126,7 @@ def _flag_updates(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from densessl.atomic import atomic_write_text
-    from densessl.cli.common import check_output_path, print_config, print_error
+    from densessl.cli.common import check_output_path, print_config, print_error, run_evaluation
     from densessl.config_io import load_config
     from densessl.schema import ConfigError
     from densessl.seg.config import REQUIRED, EvalSegConfig
@@ -152,16 +150,12 @@ def main(argv: list[str] | None = None) -> int:
         them = "it" if len(missing) == 1 else "them"
         return print_error(COMMAND, f"config error: {', '.join(missing)}: required; pass {flags} or set {them} in the "
                                     "--config file (or as key=value)")
-    try:
+    def produce() -> dict:
         if cfg.out:
             check_output_path(cfg.out)  # before minutes of compute
-        record = evaluate(cfg)
-        if cfg.out:
-            atomic_write_text(cfg.out, json.dumps(record, indent=2, allow_nan=False) + "\n")
-            print(f"wrote {cfg.out}")
-    except (OSError, ValueError) as error:
-        return print_error(COMMAND, error)
-    return 0
+        return evaluate(cfg)
+
+    return run_evaluation(COMMAND, produce, cfg.out)
 
 
 if __name__ == "__main__":

@@ -267,7 +267,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``densessl-eval-video``; returns the exit code."""
-    return run_evaluation(COMMAND, run, _parser().parse_args(argv))
+    args = _parser().parse_args(argv)
+    return run_evaluation(COMMAND, lambda: run(args), args.out)
 
 
 if __name__ == "__main__":
