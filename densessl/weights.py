@@ -25,8 +25,9 @@ unpickling Python objects (safetensors, or ``torch.load(weights_only=True)``). I
   weights (keys ``backbone.model.*`` of the checkpoint's ``"model"``), architecture and config from the checkpoint;
 * wrapper dicts ``{"state_dict": ...}``, ``{"model": ...}``, ``{"backbone": ...}``, with DDP's ``module.`` prefix
   removed;
-* checkpoints published by VICRegL, VICReg, DenseCL, PixPro, DINO, iBOT, DINOv2 and ConvNeXt in their own layouts
-  (``densessl.convert``): the backbone is converted to timm's names, the architecture inferred from its shapes.
+* checkpoints published by VICRegL, VICReg, DenseCL, PixPro, DINO, iBOT, DINOv2, DINOv3 and ConvNeXt in their own
+  layouts (``densessl.convert``): the backbone is converted to timm's names, the architecture inferred from its
+  shapes.
 
 Anything else fails with one ``ValueError`` naming the file and the cause (``FileNotFoundError`` for a missing file).
 ``load_backbone_weights`` loads a file into a timm model, strictly, skipping only classifier-head keys.
@@ -547,7 +548,7 @@ def convert_file(path: str | os.PathLike, arch: str | None = None, source_format
         out: Export folder for ``model.safetensors`` and ``config.json`` (``densessl.weights.save_backbone``; the
             stored config records the source file, its SHA-256, the format and the report's counts). ``None``: convert
             and check only.
-        branch: ``"teacher"`` (default) or ``"student"`` for DINO, iBOT and DINOv2 checkpoints.
+        branch: ``"teacher"`` (default) or ``"student"`` for DINO, iBOT, DINOv2 and DINOv3 checkpoints.
         allow_partial: Accept (and write) a conversion with missing or unexpected tensors.
 
     Returns:

@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Convert a published checkpoint into a densessl backbone: ``densessl-convert SRC [--arch NAME] --out DIR``.
 
-SRC is a checkpoint as VICRegL, VICReg, DenseCL, PixPro, DINO, iBOT, DINOv2 or ConvNeXt release it (full training
-checkpoint or backbone-only file; the layout is detected, ``--format`` names it). The backbone is renamed to timm's
+SRC is a checkpoint as VICRegL, VICReg, DenseCL, PixPro, DINO, iBOT, DINOv2, DINOv3 or ConvNeXt release it (full
+training checkpoint or backbone-only file; the layout is detected, ``--format`` names it). The backbone is renamed to timm's
 names and checked against ``timm.create_model(NAME, pretrained=False, num_classes=0)``; heads, projectors, momentum
 encoders and queues are left out and listed. ``--out DIR`` writes the export folder pretraining writes
 (``DIR/model.safetensors`` and timm's ``DIR/config.json``), for ``--weights DIR`` / ``model.weights=DIR`` and for
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "the tensor shapes)")
     parser.add_argument("--format", choices=list(FORMATS), help="the checkpoint's layout (default: detected)")
     parser.add_argument("--branch", choices=BRANCHES,
-                        help="network of a DINO/iBOT/DINOv2 checkpoint to convert (default: teacher)")
+                        help="network of a DINO/iBOT/DINOv2/DINOv3 checkpoint to convert (default: teacher)")
     parser.add_argument("--out", help="export folder to write (model.safetensors + timm's config.json; default: "
                                       "check only)")
     parser.add_argument("--allow-partial", action="store_true",
