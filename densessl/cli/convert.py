@@ -2,9 +2,9 @@
 """Convert a published checkpoint into a densessl backbone: ``densessl-convert SRC [--arch NAME] --out DIR``.
 
 SRC is a checkpoint as VICRegL, VICReg, DenseCL, PixPro, DINO, iBOT, DINOv2, DINOv3 or ConvNeXt release it (full
-training checkpoint or backbone-only file; the layout is detected, ``--format`` names it). The backbone is renamed to timm's
-names and checked against ``timm.create_model(NAME, pretrained=False, num_classes=0)``; heads, projectors, momentum
-encoders and queues are left out and listed. ``--out DIR`` writes the export folder pretraining writes
+training checkpoint or backbone-only file; the layout is detected, ``--format`` names it). The backbone is renamed to
+timm's names and checked against ``timm.create_model(NAME, pretrained=False, num_classes=0)``; heads, projectors,
+momentum encoders and queues are left out and listed. ``--out DIR`` writes the export folder pretraining writes
 (``DIR/model.safetensors`` and timm's ``DIR/config.json``), for ``--weights DIR`` / ``model.weights=DIR`` and for
 ``timm.create_model("local-dir:DIR", pretrained=True)``. Without ``--out`` the
 conversion is only checked. Nothing is downloaded.
