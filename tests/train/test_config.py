@@ -16,8 +16,9 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "pretrain").
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_shipped_configs_load(path: Path) -> None:
-    # The scene recipes name no image folder: the user (or benchmarks/quality.py) gives data.root.
-    overrides = ["data.root=/data/scenes/images/train"] if path.stem.endswith("_scenes") else []
+    # The scene and post-training recipes name no image folder: the user (or benchmarks/quality.py) gives data.root.
+    needs_root = path.stem.endswith("_scenes") or path.stem.startswith("posttrain_")
+    overrides = ["data.root=/data/scenes/images/train"] if needs_root else []
     cfg = load_config(path, overrides)
     assert isinstance(cfg, Config) and cfg.objective is getattr(cfg, cfg.method)
 
