@@ -156,9 +156,8 @@ def _input(image: Image.Image, size: int, stride: int) -> Tensor:
 
 
 @torch.no_grad()
-def _features(backbone: nn.Module, image: Image.Image, cfg: DepthProbeConfig, positions: list[int],
+def _features(backbone: nn.Module, image: Image.Image, cfg: DepthProbeConfig, positions: list[int], stride: int,
               device: torch.device) -> Tensor:
-    stride = int(max(getattr(backbone, "strides", [32])))
     out = backbone(_input(image, cfg.input_size, stride)[None].to(device))
     return resize_concat([out.maps[p] for p in positions]).float()[0]
 
@@ -179,6 +178,7 @@ def run_depth_probe(backbone: nn.Module, train_ds: torch.utils.data.Dataset, val
     cfg.validate()
     device = backbone_device(backbone, cfg.device)
     positions = resolve_levels(backbone, cfg.levels)
+    stride = int(max(getattr(backbone, "strides", [32])))  # the input sides are multiples of the coarsest stride
     was_training = backbone.training
     backbone.eval()
     timings: dict[str, float] = {}
@@ -187,8 +187,7 @@ def run_depth_probe(backbone: nn.Module, train_ds: torch.utils.data.Dataset, val
     try:
         for index in range(len(train_ds)):  # type: ignore[arg-type]
             sample = train_ds[index]
-            feats = _features(backbone, sample.image, cfg, positions, device)
-            stride = int(max(getattr(backbone, "strides", [32])))
+            feats = _features(backbone, sample.image, cfg, positions, stride, device)
             height, width = feats.shape[-2:]  # the target at the resized input's size (NEAREST: 0 stays "none")
             target = Image.fromarray(sample.depth).resize((width * stride, height * stride), Image.Resampling.NEAREST)
             train.append((feats.half().cpu(), torch.from_numpy(np.array(target, dtype=np.float32))))
@@ -236,7 +235,7 @@ def run_depth_probe(backbone: nn.Module, train_ds: torch.utils.data.Dataset, val
         with torch.no_grad():
             for index in range(len(val_ds)):  # type: ignore[arg-type]
                 sample = val_ds[index]
-                pred = head(_features(backbone, sample.image, cfg, positions, device)[None])
+                pred = head(_features(backbone, sample.image, cfg, positions, stride, device)[None])
                 pred = F.interpolate(pred, size=sample.depth.shape, mode="bilinear", align_corners=False)[0, 0]
                 pred = pred.clamp(cfg.min_depth, cfg.max_depth).cpu().numpy()
                 valid = _valid(sample.depth, cfg)

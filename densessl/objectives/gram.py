@@ -20,9 +20,10 @@ Terms and options (``GramConfig``):
   with a teacher: DenseCL, PixPro), at ``start_iter`` and then every ``refresh_every`` iterations, at most
   ``max_refreshes`` times (``None``: no cap) -- the released ViT-7B Gram stage refreshes every 10,000 iterations
   from iteration 1,010,000 on, at most 3 times (``update_frequency``, ``it_first_update``, ``max_updates`` of its
-  ``dinov3_vit7b16_gram_anchor.yaml``). ``weights``: a frozen external backbone (any file ``densessl.weights`` reads: a run folder, a converted
-  released checkpoint) anchors instead and is never refreshed. The Gram teacher runs in eval mode (BatchNorm with its
-  running statistics) under ``no_grad``, and it and the iteration it was taken at are part of the checkpoint.
+  ``dinov3_vit7b16_gram_anchor.yaml``). ``weights``: a frozen external backbone (any file ``densessl.weights``
+  reads: a run folder, a converted released checkpoint) anchors instead and is never refreshed. The Gram teacher
+  runs in eval mode (BatchNorm with its running statistics) under ``no_grad``, and it, the iteration it was taken at
+  and the refresh count are part of the checkpoint.
 * **Higher-resolution teacher** (``teacher_scale``): the teacher sees the global views upsampled by this factor
   (bicubic) and its map is resized to the student's grid (bicubic, no antialiasing, as the released config's
   ``global_teacher_resize_method``/``_antialias``) -- the released Gram stage gives the teacher 512 px crops for the
