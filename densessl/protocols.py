@@ -4,23 +4,25 @@ A card is a YAML file (``configs/protocols/*.yaml``, shipped with the package) l
 (``densessl.config_io``: unknown keys get "did you mean", ``Literal`` choices are checked, ``validate()`` names the
 dotted key). It states
 
-* ``name``, ``task`` (``seg_linear``, ``seg_knn`` or ``detection``), ``arch`` (the timm architecture of the published
+* ``name``, ``task`` (``seg_linear``, ``seg_knn``, ``depth_linear`` or ``detection``), ``arch`` (the timm architecture of the published
   model) and ``dataset`` (the reader, plus the split names the published number used);
 * ``published``: the value, the metric (``mIoU``, ``box_AP``, ...), the model it belongs to, the exact ``source``
   (paper table or README line), and ``verified`` (whether the value was confirmed from a stored copy of that source;
   ``note`` says what was found when it was not);
 * the protocol itself, reusing the tools' own schemas instead of repeating their fields: ``seg`` is an
-  ``EvalSegConfig`` section (``densessl-eval-seg``: input size, resize mode, levels, linear head, kNN memory, ...) and
-  ``detection`` a ``DetConfig`` section (``densessl-finetune-det``: detector kind, neck, norm, schedule, sizes, ...);
-  a card fills only the one its task uses;
+  ``EvalSegConfig`` section (``densessl-eval-seg``: input size, resize mode, levels, linear head, kNN memory, ...),
+  ``depth`` a ``DepthProbeConfig`` section (``densessl-eval-depth``: input size, levels, bins or regression, depth
+  range, Eigen crop, ...) and ``detection`` a ``DetConfig`` section (``densessl-finetune-det``: detector kind, neck,
+  norm, schedule, sizes, ...); a card fills only the one its task uses;
 * ``differences``: where densessl's implementation of the protocol is known to differ from the published one;
 * ``smoke``: extra ``key=value`` overrides for ``--smoke`` runs (e.g. an input size divisible by the patch size).
 
 The keys that a run supplies are not part of a card: ``--weights`` (``seg.weights`` / ``detection.model.weights``),
 ``--data-root`` (``seg.data_root`` / ``detection.data.root``), and the ones the card states once at the top level:
 ``arch`` (``seg.arch`` / ``detection.model.arch``), ``dataset.name`` (``seg.dataset`` / ``detection.data.dataset``) and
-the task (``seg.protocol``). :func:`build_eval_seg_config` and :func:`build_det_config` put them together into the
-config the existing tools run with.
+the task (``seg.protocol``). :func:`build_eval_seg_config`, :func:`build_depth_config` and :func:`build_det_config`
+put them together into the config the existing tools run with. Depth cards read an RGB-D folder
+(``densessl.depth.data.DepthFolder``) whose depth PNGs have ``DEPTH_SCALE[dataset.name]`` units per metre.
 """
 
 from __future__ import annotations
@@ -43,11 +45,13 @@ from densessl.config_io import (
     resolve_config_path,
     validate_config,
 )
+from densessl.depth.probe import DepthProbeConfig
 from densessl.det.finetune import DetConfig, DetDataset
 from densessl.schema import ConfigError, to_dict
 from densessl.seg.config import EvalSegConfig, SegDataset
 
 __all__ = [
+    "DEPTH_SCALE",
     "PROTOCOLS_DIR",
     "RUN_ONLY_KEYS",
     "CardDataset",
@@ -55,6 +59,7 @@ __all__ = [
     "Published",
     "apply_overrides",
     "apply_smoke",
+    "build_depth_config",
     "build_det_config",
     "build_eval_seg_config",
     "flatten",
@@ -64,16 +69,22 @@ __all__ = [
     "shipped_cards",
 ]
 
-Task = Literal["seg_linear", "seg_knn", "detection"]
-Metric = Literal["mIoU", "box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75"]
-DatasetName = Literal["voc", "ade20k", "cityscapes", "coco_stuff", "coco", "folder", "synthetic"]
-"""The segmentation readers (``densessl.seg.config.SegDataset``) and detection datasets (``DetDataset``) together."""
+Task = Literal["seg_linear", "seg_knn", "depth_linear", "detection"]
+Metric = Literal["mIoU", "box_AP", "box_AP50", "box_AP75", "mask_AP", "mask_AP50", "mask_AP75", "rmse", "abs_rel",
+                 "delta1"]
+DatasetName = Literal["voc", "ade20k", "cityscapes", "coco_stuff", "coco", "folder", "synthetic", "nyuv2"]
+"""The segmentation readers (``densessl.seg.config.SegDataset``), the detection datasets (``DetDataset``) and the
+RGB-D sets of the depth probe (``DEPTH_SCALE``) together."""
 
 TASKS: tuple[str, ...] = typing.get_args(Task)
 METRICS: tuple[str, ...] = typing.get_args(Metric)
 SEG_DATASETS: tuple[str, ...] = typing.get_args(SegDataset)
 DET_DATASETS: tuple[str, ...] = typing.get_args(DetDataset)
 SEG_PROTOCOL = {"seg_linear": "linear", "seg_knn": "knn"}
+DEPTH_METRICS = ("rmse", "abs_rel", "delta1")
+"""Depth metrics a card can publish: RMSE in metres, AbsRel as a ratio, delta1 in percent."""
+DEPTH_SCALE = {"nyuv2": 1000.0}
+"""Depth datasets: depth PNG units per metre (NYUv2's common layout stores millimetres)."""
 
 PROTOCOLS_DIR = Path(SHIPPED_CONFIGS) / "protocols"
 """Where the shipped cards live (``densessl/configs/protocols``; ``configs/protocols`` in a checkout)."""
@@ -88,7 +99,7 @@ RUN_ONLY_KEYS = frozenset({
     "seg.features.progress", "seg.knn.query_chunk_size", "seg.knn.memory_chunk_size", "seg.knn.use_faiss",
     "detection.train.device", "detection.train.num_threads", "detection.train.progress", "detection.train.log_every",
     "detection.train.checkpoint_every", "detection.train.eval_every", "detection.train.eval_batch_size",
-    "detection.data.num_workers",
+    "detection.data.num_workers", "depth.device",
 })
 
 # --smoke: the embedded synthetic data and tiny sizes, so that every card runs on a CPU in seconds. Applied to the
@@ -109,6 +120,9 @@ DET_SMOKE: dict[str, Any] = {
     "train": {"max_iters": 2, "epochs": None, "batch_size": 2, "eval_every": None, "eval_batch_size": 2,
               "checkpoint_every": 2, "log_every": 1, "progress": False},
 }
+DEPTH_SMOKE: dict[str, Any] = {"input_size": 64, "epochs": 1, "batch_size": 4}
+DEPTH_SMOKE_IMAGES = {"train": 8, "val": 4}
+DEPTH_SMOKE_SIZE = (64, 96)
 
 
 @dataclass
@@ -116,10 +130,10 @@ class Published:
     """The published number a card reproduces.
 
     Attributes:
-        value: The number (percent), or ``None`` when it could not be confirmed from a stored source (``note`` says
+        value: The number (percent; ``rmse`` in metres, ``abs_rel`` a ratio), or ``None`` when it could not be confirmed from a stored source (``note`` says
             what was found).
-        metric: What the number measures: ``mIoU`` for segmentation, ``box_AP``/``mask_AP`` (COCO-style AP, also
-            ``*_AP50``/``*_AP75``) for detection.
+        metric: What the number measures: ``mIoU`` for segmentation, ``rmse``/``abs_rel``/``delta1`` for depth,
+            ``box_AP``/``mask_AP`` (COCO-style AP, also ``*_AP50``/``*_AP75``) for detection.
         model: The published model, e.g. ``VICRegL ResNet-50 alpha=0.75`` (what the weights must be).
         source: Where the number is printed, precisely: paper and table, or repository, file and line/row.
         verified: The value was read from a stored copy of ``source`` (not from memory or a secondary citation).
@@ -161,7 +175,8 @@ class CardDataset:
 
     Attributes:
         name: The reader: a segmentation dataset of ``densessl-eval-seg`` (``voc``, ``ade20k``, ``cityscapes``,
-            ``coco_stuff``, ``folder``) or a detection dataset of ``densessl-finetune-det`` (``voc``, ``coco``).
+            ``coco_stuff``, ``folder``), an RGB-D folder of ``densessl-eval-depth`` (``nyuv2``) or a detection
+            dataset of ``densessl-finetune-det`` (``voc``, ``coco``).
         train_split: The training split as the source names it (e.g. ``VOC2012 train_aug (10,582 images)``).
         val_split: The split the published number is measured on (e.g. ``VOC2012 val (1,449 images)``).
     """
@@ -184,12 +199,14 @@ class ProtocolCard:
 
     Attributes:
         name: The card's name (the file stem of a shipped card).
-        task: ``seg_linear`` (linear probe), ``seg_knn`` (dense kNN retrieval) or ``detection``.
+        task: ``seg_linear`` (linear probe), ``seg_knn`` (dense kNN retrieval), ``depth_linear`` (linear depth
+            probe) or ``detection``.
         arch: timm architecture of the published model (``--arch`` runs the protocol on another one).
         description: One line on what the card measures.
         dataset: Reader and split names.
         published: The number, its source and whether it was verified.
         seg: The segmentation protocol (``EvalSegConfig``; seg tasks only).
+        depth: The depth protocol (``DepthProbeConfig``; the depth task only).
         detection: The detection protocol (``DetConfig``; the detection task only).
         differences: Known differences between densessl's implementation and the published protocol.
         smoke: Extra ``key.sub=value`` overrides (card keys) for ``--smoke`` runs.
@@ -202,6 +219,7 @@ class ProtocolCard:
     dataset: CardDataset = field(default_factory=CardDataset)
     published: Published = field(default_factory=Published)
     seg: EvalSegConfig = field(default_factory=EvalSegConfig)
+    depth: DepthProbeConfig = field(default_factory=DepthProbeConfig)
     detection: DetConfig = field(default_factory=DetConfig)
     differences: list[str] = field(default_factory=list)
     smoke: list[str] = field(default_factory=list)
@@ -210,6 +228,11 @@ class ProtocolCard:
     def is_seg(self) -> bool:
         """Whether the task is a segmentation protocol (``seg`` section) rather than detection."""
         return self.task in SEG_PROTOCOL
+
+    @property
+    def section(self) -> str:
+        """The card's protocol section: ``seg``, ``depth`` or ``detection``."""
+        return "seg" if self.is_seg else "depth" if self.task == "depth_linear" else "detection"
 
     def validate(self) -> None:
         """Raise ``ConfigError`` naming the dotted key of the first inconsistency."""
@@ -228,15 +251,30 @@ class ProtocolCard:
             if metric != "mIoU":
                 raise ConfigError(f"published.metric: {self.task} measures mIoU, got {metric!r}",
                                   key="published.metric")
-            if self.detection != DetConfig():
-                raise ConfigError(f"detection: a {self.task} card has no detection section; remove it",
-                                  key="detection")
+            for name, empty in (("detection", DetConfig()), ("depth", DepthProbeConfig())):
+                if getattr(self, name) != empty:
+                    raise ConfigError(f"{name}: a {self.task} card has no {name} section; remove it", key=name)
             for name, source in (("weights", "--weights"), ("data_root", "--data-root"), ("arch", "the card's arch (or --arch)"),
                                  ("dataset", "the card's dataset.name"), ("protocol", "the card's task"),
                                  ("out", "--out")):
                 if getattr(self.seg, name) is not None:
                     raise ConfigError(f"seg.{name}: set by {source}; leave it out of the card", key=f"seg.{name}")
             _validate_section("seg", lambda: build_eval_seg_config(self, weights="random"))
+        elif self.section == "depth":
+            if self.dataset.name not in DEPTH_SCALE:
+                raise ConfigError(f"dataset.name: depth_linear needs an RGB-D dataset ({', '.join(DEPTH_SCALE)}), "
+                                  f"got {self.dataset.name!r}", key="dataset.name")
+            for metric_name in self.published.values():
+                if metric_name not in DEPTH_METRICS:
+                    raise ConfigError(f"published.metric: depth_linear measures {', '.join(DEPTH_METRICS)}, got "
+                                      f"{metric_name!r}", key="published.metric")
+            for name, empty in (("seg", EvalSegConfig()), ("detection", DetConfig())):
+                if getattr(self, name) != empty:
+                    raise ConfigError(f"{name}: a depth_linear card has no {name} section; remove it", key=name)
+            if self.depth.device is not None:
+                raise ConfigError("depth.device: a device is the run's choice; leave it out of the card (override "
+                                  "it with depth.device=...)", key="depth.device")
+            _validate_section("depth", lambda: build_depth_config(self))
         else:
             if self.dataset.name not in DET_DATASETS or self.dataset.name == "synthetic":
                 raise ConfigError(f"dataset.name: detection needs a detection dataset (voc, coco), got "
@@ -244,8 +282,9 @@ class ProtocolCard:
             if not metric.startswith(("box_", "mask_")):
                 raise ConfigError(f"published.metric: detection measures box_AP / mask_AP, got {metric!r}",
                                   key="published.metric")
-            if self.seg != EvalSegConfig():
-                raise ConfigError("seg: a detection card has no seg section; remove it", key="seg")
+            for name, empty in (("seg", EvalSegConfig()), ("depth", DepthProbeConfig())):
+                if getattr(self, name) != empty:
+                    raise ConfigError(f"{name}: a detection card has no {name} section; remove it", key=name)
             model, data = self.detection.model, self.detection.data
             if model.weights is not None:
                 raise ConfigError("detection.model.weights: set by --weights; leave it out of the card",
@@ -272,8 +311,9 @@ class ProtocolCard:
             except ConfigError as error:
                 raise ConfigError(f"smoke: {error}", key="smoke") from error
             for key in flatten(smoke):
-                if not key.startswith(("seg.", "detection.")):
-                    raise ConfigError(f"smoke: {key}: only seg.* / detection.* keys can be changed for smoke runs",
+                if not key.startswith(("seg.", "depth.", "detection.")):
+                    raise ConfigError(f"smoke: {key}: only seg.* / depth.* / detection.* keys can be changed for "
+                                      "smoke runs",
                                       key="smoke")
 
 
@@ -341,12 +381,15 @@ def apply_overrides(card: ProtocolCard, overrides: Sequence[str] | Mapping[str, 
 def apply_smoke(card: ProtocolCard) -> ProtocolCard:
     """The card for a ``--smoke`` run: tiny sizes on its protocol section, then the card's own ``smoke`` overrides.
 
-    The dataset becomes the embedded synthetic one when the configs are built (``smoke=True``).
+    The dataset becomes the embedded synthetic one when the configs are built (``smoke=True``); a depth card's run
+    writes ``DEPTH_SMOKE_IMAGES`` generated RGB-D scenes (``densessl.depth.data.write_synthetic_rgbd``).
     """
     if card.is_seg:
         seg_smoke = copy.deepcopy(SEG_SMOKE)
         seg_smoke["knn"]["augment_memory"] = min(card.seg.knn.augment_memory, 1)
         smoked = merge(card, {"seg": seg_smoke})
+    elif card.section == "depth":
+        smoked = merge(card, {"depth": DEPTH_SMOKE})
     else:
         smoked = merge(card, {"detection": DET_SMOKE})
     return apply_overrides(smoked, card.smoke)
@@ -398,7 +441,7 @@ def build_det_config(card: ProtocolCard, *, weights: str | None, data_root: str 
         ValueError: The card is not a detection card.
         densessl.config_io.ConfigError: The resulting config is invalid (keys relative to ``DetConfig``).
     """
-    if card.is_seg:
+    if card.section != "detection":
         raise ValueError(f"card {card.name!r} is a {card.task} card, not a detection one")
     det = card.detection
     model = dataclasses.replace(det.model, arch=arch or card.arch,
@@ -410,6 +453,20 @@ def build_det_config(card: ProtocolCard, *, weights: str | None, data_root: str 
     return cfg
 
 
+def build_depth_config(card: ProtocolCard, *, device: str | None = None) -> DepthProbeConfig:
+    """The ``densessl-eval-depth`` settings of a depth card: its ``depth`` section, on ``device`` if given.
+
+    Raises:
+        ValueError: The card is not a depth card.
+        densessl.config_io.ConfigError: The resulting config is invalid (keys relative to ``DepthProbeConfig``).
+    """
+    if card.section != "depth":
+        raise ValueError(f"card {card.name!r} is a {card.task} card, not a depth one")
+    cfg = card.depth if device is None else dataclasses.replace(card.depth, device=device)
+    validate_config(cfg)
+    return cfg
+
+
 # --------------------------------------------------------------------------- #
 # Settings
 # --------------------------------------------------------------------------- #
@@ -417,5 +474,4 @@ def build_det_config(card: ProtocolCard, *, weights: str | None, data_root: str 
 
 def protocol_settings(card: ProtocolCard) -> dict[str, Any]:
     """Every setting of the card's protocol section, as dotted card keys (``seg.knn.k``) -> plain values."""
-    section = "seg" if card.is_seg else "detection"
-    return flatten(to_dict(getattr(card, section)), section)
+    return flatten(to_dict(getattr(card, card.section)), card.section)

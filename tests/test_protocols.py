@@ -15,6 +15,7 @@ from densessl.protocols import (
     DatasetName,
     ProtocolCard,
     apply_overrides,
+    build_depth_config,
     build_det_config,
     build_eval_seg_config,
     load_card,
@@ -25,7 +26,8 @@ from densessl.schema import ConfigError
 
 CARDS = shipped_cards()
 REQUIRED = {"vicregl_r50_voc_linear", "vicregl_r50_cityscapes_linear", "densecl_r50_voc_det_c4",
-            "densecl_r50_coco_maskrcnn_1x", "dino_vits16_voc_knn", "dinov2_vits14_voc_knn"}
+            "densecl_r50_coco_maskrcnn_1x", "dino_vits16_voc_knn", "dinov2_vits14_voc_knn",
+            "dinov3_vits16_ade20k_linear", "dinov3_vits16_nyuv2_depth_linear"}
 
 
 def _small_arch(card: ProtocolCard) -> str:
@@ -42,11 +44,13 @@ def test_the_required_cards_are_shipped() -> None:
     assert REQUIRED <= {path.stem for path in CARDS}
 
 
-def test_dataset_names_are_the_readers_of_both_tools() -> None:
+def test_dataset_names_are_the_readers_of_the_tools() -> None:
     from densessl.det.finetune import DetDataset
+    from densessl.protocols import DEPTH_SCALE
     from densessl.seg.config import SegDataset
 
-    assert set(typing.get_args(DatasetName)) == set(typing.get_args(SegDataset)) | set(typing.get_args(DetDataset))
+    assert set(typing.get_args(DatasetName)) == (set(typing.get_args(SegDataset)) | set(typing.get_args(DetDataset))
+                                                 | set(DEPTH_SCALE))
 
 
 @pytest.mark.parametrize("path", CARDS, ids=lambda p: p.stem)
@@ -62,6 +66,10 @@ def test_shipped_card_loads_and_builds_its_protocol(path: Path) -> None:
         assert (cfg.arch, cfg.dataset, cfg.data_root) == (card.arch, card.dataset.name, "/data")
         assert cfg.protocol == {"seg_linear": "linear", "seg_knn": "knn"}[card.task]
         assert protocol_settings(card)["seg.features.input_size"] == card.seg.features.input_size
+    elif card.section == "depth":
+        cfg = build_depth_config(card, device="cpu")
+        assert cfg.device == "cpu" and cfg.input_size == card.depth.input_size and card.dataset.name == "nyuv2"
+        assert protocol_settings(card)["depth.n_bins"] == card.depth.n_bins
     else:
         cfg = build_det_config(card, weights="random", data_root="/data")
         assert (cfg.model.arch, cfg.data.dataset, cfg.data.root, cfg.model.weights) == (
@@ -76,11 +84,15 @@ def test_published_values_and_sources() -> None:
                 "dino_vits16_voc_knn": 43.1, "dinov2_vits14_voc_knn": 74.9}
     for name, value in expected.items():
         assert cards[name].published.value == value and cards[name].published.verified, name
-    for name in ("vicregl_r50_cityscapes_linear", "densecl_r50_coco_maskrcnn_1x"):  # not confirmed: no value
+    for name in ("vicregl_r50_cityscapes_linear", "densecl_r50_coco_maskrcnn_1x", "dinov3_vits16_ade20k_linear",
+                 "dinov3_vits16_nyuv2_depth_linear"):  # not confirmed: no value
         assert cards[name].published.value is None and not cards[name].published.verified
         assert "Not confirmed" in cards[name].published.note
     assert cards["densecl_r50_voc_det_c4"].detection.model.neck == "c4"
     assert cards["densecl_r50_coco_maskrcnn_1x"].detection.model.kind == "mask_rcnn"
+    assert cards["dinov3_vits16_nyuv2_depth_linear"].published.metric == "rmse"
+    assert cards["dinov3_vits16_ade20k_linear"].arch == cards["dinov3_vits16_nyuv2_depth_linear"].arch == (
+        "vit_small_patch16_dinov3")
 
 
 @pytest.mark.parametrize("path", CARDS, ids=lambda p: p.stem)
@@ -102,10 +114,12 @@ def test_every_card_runs_as_a_smoke_run(path: Path, tmp_path: Path, capsys: pyte
     if card.published.value is not None:
         assert row["difference"] == pytest.approx(row["measured"] - card.published.value, abs=1e-3)
     assert record["arch"] == _small_arch(card) and record["card_arch"] == card.arch
-    section = "seg" if card.is_seg else "detection"
-    assert all(key.startswith(f"{section}.") for key in record["settings"])
+    assert all(key.startswith(f"{card.section}.") for key in record["settings"])
     if card.is_seg:
         assert record["settings"]["seg.dataset"] == "synthetic" and record["result"]["dataset"] == "synthetic"
+    elif card.section == "depth":
+        assert record["result"]["dataset"] == "synthetic" and record["result"]["settings"]["num_train"] == 8
+        assert set(record["measured"]) == {"rmse", "abs_rel", "delta1"} and record["settings"]["depth.epochs"] == 1
     else:
         assert record["settings"]["detection.train.max_iters"] == 2 and record["result"]["iterations"] == 2
         assert record["settings"]["detection.data.min_size_test"] == 32
@@ -143,6 +157,12 @@ def test_typo_in_a_card_key_is_one_error_line_naming_it(tmp_path: Path, capsys: 
         ("densecl_r50_voc_det_c4", "detection.data.root=/data", "detection.data.root: set by --data-root"),
         ("densecl_r50_voc_det_c4", "detection.model.neckk=fpn", "detection.model.neckk: unknown key"),
         ("densecl_r50_voc_det_c4", "dataset.name=ade20k", "dataset.name: detection needs a detection dataset"),
+        ("dinov3_vits16_nyuv2_depth_linear", "depth.n_bin=64", "depth.n_bin: unknown key; did you mean 'n_bins'?"),
+        ("dinov3_vits16_nyuv2_depth_linear", "depth.min_depth=20", "depth.min_depth: must be below max_depth"),
+        ("dinov3_vits16_nyuv2_depth_linear", "dataset.name=ade20k", "dataset.name: depth_linear needs an RGB-D"),
+        ("dinov3_vits16_nyuv2_depth_linear", "published.metric=mIoU", "published.metric: depth_linear measures"),
+        ("dinov3_vits16_nyuv2_depth_linear", "seg.features.input_size=64", "seg: a depth_linear card has no seg"),
+        ("vicregl_r50_voc_linear", "depth.epochs=3", "depth: a seg_linear card has no depth section"),
     ],
 )
 def test_card_mistakes_name_the_key(card: str, override: str, message: str) -> None:

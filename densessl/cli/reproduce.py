@@ -7,7 +7,8 @@
 CARD is a card file, a shipped card (``protocols/vicregl_r50_voc_linear.yaml``) or a shipped card's name
 (``vicregl_r50_voc_linear``); ``densessl.protocols`` describes the schema. The card's protocol runs through the
 existing tools: seg cards build a ``densessl-eval-seg`` config (``densessl.seg.config.EvalSegConfig``) and run it
-with ``densessl.seg.evaluate.evaluate``; detection cards build a ``DetConfig`` and train with
+with ``densessl.seg.evaluate.evaluate``; depth cards run the linear depth probe of ``densessl-eval-depth``
+(``densessl.depth.probe.run_depth_probe``) on an RGB-D folder; detection cards build a ``DetConfig`` and train with
 ``densessl.det.finetune.finetune`` in ``--output-dir`` (default ``runs/reproduce/<card name>``; ``--resume``
 continues it; under ``torchrun`` it runs distributed like ``densessl-finetune-det``).
 
@@ -19,8 +20,8 @@ overrides change the protocol (overrides of devices, threads, workers and loggin
 
 ``--weights random`` builds the card's architecture (or ``--arch``) with random weights: the baseline. A weights file
 whose architecture differs from the card's is refused unless ``--arch`` names it. ``--smoke`` swaps in the embedded
-synthetic data and tiny sizes (8 train / 4 val images at 64 px, 1 epoch, a small kNN memory; detection: 2 iterations
-at 32 px) so that any card runs on a CPU in seconds: a check that the protocol runs, never a comparable number.
+synthetic data and tiny sizes (8 train / 4 val images at 64 px, 1 epoch, a small kNN memory; depth: 8 / 4 generated
+RGB-D scenes; detection: 2 iterations at 32 px) so that any card runs on a CPU in seconds: a check that the protocol runs, never a comparable number.
 
 Exit codes: 0 done, 2 bad arguments, card, weights, data or run directory (one ``error:`` line), 3 non-finite loss,
 130 stopped by a signal (detection; continue with ``--resume``).
@@ -79,15 +80,18 @@ class _UsageError(ValueError):
 # --------------------------------------------------------------------------- #
 
 
-def _number(value: float | None) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.2f}"
+def _number(value: float | None, metric: str = "") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.3f}" if metric in ("rmse", "abs_rel") else f"{value:.2f}"
 
 
 def compare(published: dict[str, float | None], measured: dict[str, float | None]) -> list[dict[str, Any]]:
     """One row per published metric, ``{"metric", "published", "measured", "difference"}`` (measured - published),
-    then rows for the headline metrics measured but not published (``box_AP``, ``mask_AP``)."""
+    then rows for the headline metrics measured but not published (``box_AP``, ``mask_AP``; depth: ``rmse``,
+    ``abs_rel``, ``delta1``)."""
     rows = []
-    unpublished = {metric: None for metric in ("mIoU", "box_AP", "mask_AP")
+    unpublished = {metric: None for metric in ("mIoU", "box_AP", "mask_AP", "rmse", "abs_rel", "delta1")
                    if metric in measured and metric not in published}
     for metric, value in {**published, **unpublished}.items():
         got = measured.get(metric)
@@ -110,9 +114,11 @@ def format_report(record: dict[str, Any]) -> str:
     width = max(len("metric"), *(len(row["metric"]) for row in record["comparison"]))
     lines.append(f"{'metric':<{width}}  {'published':>10}  {'measured':>10}  {'difference':>10}")
     for row in record["comparison"]:
-        difference = "n/a" if row["difference"] is None else f"{row['difference']:+.2f}"
-        lines.append(f"{row['metric']:<{width}}  {_number(row['published']):>10}  {_number(row['measured']):>10}  "
-                     f"{difference:>10}")
+        metric = row["metric"]
+        difference = "n/a" if row["difference"] is None else "+" * (row["difference"] >= 0) + _number(
+            row["difference"], metric)
+        lines.append(f"{metric:<{width}}  {_number(row['published'], metric):>10}  "
+                     f"{_number(row['measured'], metric):>10}  {difference:>10}")
     verified = "verified" if published["verified"] else "NOT verified"
     lines.append(f"source ({verified}): {published['source']}")
     if published.get("note"):
@@ -162,6 +168,36 @@ def _run_seg(card: ProtocolCard, args: argparse.Namespace, arch: str) -> tuple[d
     cfg = build_eval_seg_config(card, weights=args.weights, data_root=args.data_root, arch=arch, smoke=args.smoke)
     record = evaluate(cfg)
     return record, cfg
+
+
+def _run_depth(card: ProtocolCard, args: argparse.Namespace, arch: str) -> tuple[dict[str, Any], Any]:
+    """The linear depth probe of ``densessl-eval-depth`` on the card's RGB-D folder (generated scenes for --smoke)."""
+    import torch
+
+    from densessl.backbones import DenseBackbone
+    from densessl.depth.data import DepthFolder, write_synthetic_rgbd
+    from densessl.depth.probe import run_depth_probe
+    from densessl.dist import resolve_device
+    from densessl.protocols import DEPTH_SCALE, DEPTH_SMOKE_IMAGES, DEPTH_SMOKE_SIZE, build_depth_config
+    from densessl.weights import read_backbone_weights
+
+    cfg = build_depth_config(card, device=str(resolve_device(card.depth.device, "depth.device")))
+    weights = None if args.weights == "random" else read_backbone_weights(args.weights)
+    with tempfile.TemporaryDirectory(prefix="densessl-reproduce-") as scratch:
+        root = (write_synthetic_rgbd(Path(scratch), DEPTH_SMOKE_IMAGES, DEPTH_SMOKE_SIZE) if args.smoke
+                else Path(args.data_root))
+        scale = 1000.0 if args.smoke else DEPTH_SCALE[card.dataset.name]  # type: ignore[index]
+        train_ds, val_ds = DepthFolder(root, "train", scale), DepthFolder(root, "val", scale)
+        torch.manual_seed(cfg.seed)
+        backbone = DenseBackbone(arch, levels=cfg.levels, weights=weights)
+        result = run_depth_probe(backbone, train_ds, val_ds, cfg)
+    m = result["metrics"]
+    print(f"linear depth probe: {arch} on {'generated RGB-D scenes' if args.smoke else args.data_root}, "
+          f"{len(train_ds)} train / {len(val_ds)} val images: RMSE {m['rmse']:.3f}, AbsRel {m['abs_rel']:.3f}, "
+          f"delta1 {100 * m['delta1']:.1f}")
+    result["weights_source"] = "random init" if weights is None else weights.source
+    result["dataset"] = "synthetic" if args.smoke else card.dataset.name
+    return result, cfg
 
 
 def _run_detection(card: ProtocolCard, args: argparse.Namespace, arch: str) -> tuple[dict[str, Any] | None, Any]:
@@ -228,6 +264,12 @@ def reproduce(card: ProtocolCard, args: argparse.Namespace, *, card_file: str,
         weights_source = result.get("weights_source", "")
         arch = result.get("arch", arch)
         section = "seg"
+    elif card.section == "depth":
+        result, cfg = _run_depth(card, args, arch)
+        metrics = result["metrics"]
+        measured = {"rmse": metrics["rmse"], "abs_rel": metrics["abs_rel"], "delta1": 100 * metrics["delta1"]}
+        weights_source = result["weights_source"]
+        section = "depth"
     else:
         result, cfg = _run_detection(card, args, arch)
         if not result:

@@ -8,6 +8,9 @@ Layout (``DepthFolder``)::
 
 Depth is returned in metres as float32 ``(H, W)`` with 0 where there is no measurement. An image without its depth
 file, or a depth file that is not 16-bit (or 8-bit), is an error naming the file.
+
+``write_synthetic_rgbd`` writes a small generated set in this layout whose depth is known from the colour (the
+tests' and ``densessl-reproduce --smoke``'s data; nothing is downloaded).
 """
 
 from __future__ import annotations
@@ -20,9 +23,12 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
-__all__ = ["DepthFolder", "DepthSample"]
+__all__ = ["SYNTHETIC_SURFACES", "DepthFolder", "DepthSample", "write_synthetic_rgbd"]
 
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+SYNTHETIC_SURFACES = {(40, 200, 40): 1.0, (220, 30, 30): 3.0, (30, 30, 220): 6.0}
+"""The generated scenes' surfaces: RGB colour -> distance in metres."""
 
 
 @dataclass
@@ -78,3 +84,30 @@ class DepthFolder(torch.utils.data.Dataset):
                              f"{rgb.width}x{rgb.height}")
         depth = raw.astype(np.float32) / self.depth_scale
         return DepthSample(image=rgb, depth=depth, name=self.images[index].stem)
+
+
+def write_synthetic_rgbd(root: str | os.PathLike, counts: dict[str, int], size: tuple[int, int] = (48, 64),
+                         seed: int = 0) -> Path:
+    """Write generated RGB-D scenes in the folder layout under ``root`` and return it.
+
+    Each ``(H, W)`` image is split at a column (a multiple of 8 pixels) into two of the ``SYNTHETIC_SURFACES``: its
+    colour tells its depth, so a probe on colour features can recover it exactly. Depth PNGs are 16-bit millimetres
+    (``depth_scale`` 1000) with the top row 0 (no measurement). ``counts`` maps split -> number of images.
+    """
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    colours = list(SYNTHETIC_SURFACES)
+    for split, count in counts.items():
+        (root / "images" / split).mkdir(parents=True, exist_ok=True)
+        (root / "depth" / split).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            left, right = rng.choice(len(colours), size=2, replace=False)
+            cut = int(rng.integers(1, size[1] // 8)) * 8
+            image = np.zeros((*size, 3), dtype=np.uint8)
+            depth = np.zeros(size, dtype=np.uint16)
+            image[:, :cut], depth[:, :cut] = colours[left], int(SYNTHETIC_SURFACES[colours[left]] * 1000)
+            image[:, cut:], depth[:, cut:] = colours[right], int(SYNTHETIC_SURFACES[colours[right]] * 1000)
+            depth[0] = 0
+            Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
+            Image.fromarray(depth).save(root / "depth" / split / f"{i:03d}.png")
+    return root

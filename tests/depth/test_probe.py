@@ -9,34 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from densessl.depth.data import DepthFolder
+from densessl.depth.data import SYNTHETIC_SURFACES, DepthFolder, write_synthetic_rgbd
 from densessl.depth.probe import EIGEN_CROP, DepthProbeConfig, _valid, depth_metrics, run_depth_probe, sig_loss
 from tests.seg.helpers import MeanColourBackbone
-
-# Each colour is a surface at a known distance (metres).
-SURFACES = {(40, 200, 40): 1.0, (220, 30, 30): 3.0, (30, 30, 220): 6.0}
-
-
-def _scenes(root: Path, counts: dict[str, int], size: tuple[int, int] = (48, 64), seed: int = 0) -> Path:
-    """Images split at a column (a multiple of 8) into two surfaces; depth PNGs in millimetres, 0 on the top row."""
-    rng = np.random.default_rng(seed)
-    colours = list(SURFACES)
-    for split, count in counts.items():
-        (root / "images" / split).mkdir(parents=True)
-        (root / "depth" / split).mkdir(parents=True)
-        for i in range(count):
-            left, right = rng.choice(len(colours), size=2, replace=False)
-            cut = int(rng.integers(1, size[1] // 8)) * 8
-            image = np.zeros((*size, 3), dtype=np.uint8)
-            depth = np.zeros(size, dtype=np.uint16)
-            image[:, :cut], depth[:, :cut] = colours[left], int(SURFACES[colours[left]] * 1000)
-            image[:, cut:], depth[:, cut:] = colours[right], int(SURFACES[colours[right]] * 1000)
-            depth[0] = 0  # no measurement
-            Image.fromarray(image).save(root / "images" / split / f"{i:03d}.png")
-            Image.fromarray(depth).save(root / "depth" / split / f"{i:03d}.png")
-    return root
 
 
 def test_sig_loss_by_hand() -> None:
@@ -71,10 +47,10 @@ def test_the_eigen_crop_applies_to_480x640_maps_only() -> None:
 
 
 def test_the_folder_reader(tmp_path: Path) -> None:
-    root = _scenes(tmp_path, {"train": 2})
+    root = write_synthetic_rgbd(tmp_path, {"train": 2})
     sample = DepthFolder(root, "train")[0]
     assert sample.depth.dtype == np.float32 and sample.depth.shape == (48, 64)
-    assert set(np.unique(sample.depth[1:])) <= set(SURFACES.values()) and (sample.depth[0] == 0).all()
+    assert set(np.unique(sample.depth[1:])) <= set(SYNTHETIC_SURFACES.values()) and (sample.depth[0] == 0).all()
     (root / "depth" / "train" / "001.png").unlink()
     with pytest.raises(FileNotFoundError, match="1 train images have no depth PNG"):
         DepthFolder(root, "train")
@@ -84,7 +60,7 @@ def test_the_folder_reader(tmp_path: Path) -> None:
 
 def test_the_probe_recovers_a_known_depth(tmp_path: Path) -> None:
     """Colour tells depth: a linear head on mean-colour features must recover it (delta1 near 1)."""
-    root = _scenes(tmp_path, {"train": 12, "val": 4})
+    root = write_synthetic_rgbd(tmp_path, {"train": 12, "val": 4})
     cfg = DepthProbeConfig(input_size=48, head="regression", epochs=60, lr=0.05, batch_size=4, upsample=1)
     result = run_depth_probe(MeanColourBackbone(), DepthFolder(root, "train"), DepthFolder(root, "val"), cfg)
     m = result["metrics"]
@@ -98,7 +74,7 @@ def test_the_probe_recovers_a_known_depth(tmp_path: Path) -> None:
 def test_the_command_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from densessl.cli.eval_depth import main
 
-    root = _scenes(tmp_path / "rgbd", {"train": 3, "val": 2}, size=(64, 96))
+    root = write_synthetic_rgbd(tmp_path / "rgbd", {"train": 3, "val": 2}, size=(64, 96))
     out = tmp_path / "depth.json"
     assert main(["--weights", "random", "--arch", "resnet18", "--data-root", str(root), "--input-size", "64",
                  "--epochs", "1", "--out", str(out)]) == 0
