@@ -31,13 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from _common import RESULTS, machine_info  # noqa: E402
 
+from densessl.weights import run_label  # noqa: E402
+
 PRESETS = {"hummingbird": ROOT / "configs" / "eval" / "knn_hummingbird.yaml", "default": None}
-
-
-def label(weights: str) -> str:
-    """``runs/x`` / ``runs/x/export/model.safetensors`` -> ``x``; ``random`` stays."""
-    path = Path(weights)
-    return path.parent.parent.name if path.parent.name == "export" else path.name
 
 
 def evaluate_cached(weights: str, arch: str | None, data_root: Path, fraction: int, seed: int, preset: Path | None,
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: dict[str, dict[int, list[float]]] = {}
     runs = []
     for weights in args.weights:
-        name = label(weights)
+        name = run_label(weights)
         for fraction in args.fractions:
             for seed in (args.seeds[:1] if fraction == 1 else args.seeds):
                 out = work / name / f"f{fraction}_s{seed}.json"

@@ -67,6 +67,7 @@ __all__ = [
     "load_backbone_weights",
     "read_backbone_weights",
     "resolve_arch",
+    "run_label",
     "save_backbone",
     "weights_file",
 ]
@@ -372,6 +373,19 @@ def weights_file(path: str | os.PathLike) -> Path:
         raise ValueError(f"weights folder {str(path)!r} holds no weights file (looked for {', '.join(_FOLDER_WEIGHTS)}"
                          "); pass a run folder, its export folder or a weights file")
     return found
+
+
+def run_label(weights: str | os.PathLike) -> str:
+    """A short name for the weights a path names, for tables: the run folder's name for a run folder or a file inside
+    it (``runs/x``, ``runs/x/export``, ``runs/x/export/model.safetensors``, ``runs/x/checkpoints/last.pt``,
+    ``runs/x/backbone.pt``), else the file's stem (``model.pth`` -> ``model``); ``random`` stays ``random``. Nothing
+    is read from disk."""
+    path = Path(weights)
+    if path.parent.name in (EXPORT_DIR, "checkpoints"):
+        return path.parent.parent.name
+    if path.name in (EXPORT_DIR, LEGACY_SAFETENSORS_NAME, LEGACY_TORCH_NAME):
+        return path.parent.name
+    return path.stem if path.suffix else path.name
 
 
 def read_backbone_weights(path: str | os.PathLike) -> BackboneWeights:

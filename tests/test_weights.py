@@ -311,3 +311,12 @@ def test_resolve_arch() -> None:
         resolve_arch(None, unstated)
     with pytest.raises(ValueError, match="random weights need an architecture: pass --arch"):
         resolve_arch(None, None)
+
+
+def test_run_label_names_the_run_folder() -> None:
+    from densessl.weights import run_label
+
+    for path in ("runs/x", "runs/x/", "runs/x/export", "runs/x/export/model.safetensors", "runs/x/checkpoints/last.pt",
+                 "runs/x/backbone.safetensors", "runs/x/backbone.pt"):
+        assert run_label(path) == "x", path
+    assert run_label("random") == "random" and run_label("/w/resnet50_alpha0p75.pth") == "resnet50_alpha0p75"

@@ -64,15 +64,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _labels(results: list[dict], files: list[str]) -> list[str]:
     """The run folder of each file's weights (``random`` for a random init); the file name where two would clash."""
-    labels = []
-    for result, file in zip(results, files):
-        weights = Path(str(result.get("weights", file)))
-        if weights.parent.name in ("checkpoints", "export"):  # runs/x/checkpoints/last.pt, runs/x/export/model...
-            labels.append(weights.parent.parent.name)
-        elif weights.name.startswith("backbone."):  # runs/x/backbone.safetensors (the older export layout)
-            labels.append(weights.parent.name)
-        else:  # runs/x (a run folder) -> x; a file of its own (random, model.pth) -> its stem
-            labels.append(weights.stem if weights.suffix else weights.name)
+    from densessl.weights import run_label
+
+    labels = [run_label(str(result.get("weights", file))) for result, file in zip(results, files)]
     if len(set(labels)) < len(labels):
         labels = [f"{label} ({Path(file).stem})" for label, file in zip(labels, files)]
     return labels
