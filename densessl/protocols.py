@@ -4,8 +4,8 @@ A card is a YAML file (``configs/protocols/*.yaml``, shipped with the package) l
 (``densessl.config_io``: unknown keys get "did you mean", ``Literal`` choices are checked, ``validate()`` names the
 dotted key). It states
 
-* ``name``, ``task`` (``seg_linear``, ``seg_knn``, ``depth_linear`` or ``detection``), ``arch`` (the timm architecture of the published
-  model) and ``dataset`` (the reader, plus the split names the published number used);
+* ``name``, ``task`` (``seg_linear``, ``seg_knn``, ``depth_linear`` or ``detection``), ``arch`` (the timm
+  architecture of the published model) and ``dataset`` (the reader, plus the split names the published number used);
 * ``published``: the value, the metric (``mIoU``, ``box_AP``, ...), the model it belongs to, the exact ``source``
   (paper table or README line), and ``verified`` (whether the value was confirmed from a stored copy of that source;
   ``note`` says what was found when it was not);
@@ -130,8 +130,8 @@ class Published:
     """The published number a card reproduces.
 
     Attributes:
-        value: The number (percent; ``rmse`` in metres, ``abs_rel`` a ratio), or ``None`` when it could not be confirmed from a stored source (``note`` says
-            what was found).
+        value: The number (percent; ``rmse`` in metres, ``abs_rel`` a ratio), or ``None`` when it could not be
+            confirmed from a stored source (``note`` says what was found).
         metric: What the number measures: ``mIoU`` for segmentation, ``rmse``/``abs_rel``/``delta1`` for depth,
             ``box_AP``/``mask_AP`` (COCO-style AP, also ``*_AP50``/``*_AP75``) for detection.
         model: The published model, e.g. ``VICRegL ResNet-50 alpha=0.75`` (what the weights must be).
@@ -244,6 +244,9 @@ class ProtocolCard:
             raise ValueError("arch: required: the timm architecture of the published model, e.g. resnet50")
         assert self.dataset.name is not None  # CardDataset.validate ran first (children are validated first)
         metric = self.published.metric
+        for name, empty in (("seg", EvalSegConfig()), ("depth", DepthProbeConfig()), ("detection", DetConfig())):
+            if name != self.section and getattr(self, name) != empty:
+                raise ConfigError(f"{name}: a {self.task} card has no {name} section; remove it", key=name)
         if self.is_seg:
             if self.dataset.name not in SEG_DATASETS:
                 raise ConfigError(f"dataset.name: {self.task} needs a segmentation dataset "
@@ -251,9 +254,6 @@ class ProtocolCard:
             if metric != "mIoU":
                 raise ConfigError(f"published.metric: {self.task} measures mIoU, got {metric!r}",
                                   key="published.metric")
-            for name, empty in (("detection", DetConfig()), ("depth", DepthProbeConfig())):
-                if getattr(self, name) != empty:
-                    raise ConfigError(f"{name}: a {self.task} card has no {name} section; remove it", key=name)
             for name, source in (("weights", "--weights"), ("data_root", "--data-root"), ("arch", "the card's arch (or --arch)"),
                                  ("dataset", "the card's dataset.name"), ("protocol", "the card's task"),
                                  ("out", "--out")):
@@ -268,9 +268,6 @@ class ProtocolCard:
                 if metric_name not in DEPTH_METRICS:
                     raise ConfigError(f"published.metric: depth_linear measures {', '.join(DEPTH_METRICS)}, got "
                                       f"{metric_name!r}", key="published.metric")
-            for name, empty in (("seg", EvalSegConfig()), ("detection", DetConfig())):
-                if getattr(self, name) != empty:
-                    raise ConfigError(f"{name}: a depth_linear card has no {name} section; remove it", key=name)
             if self.depth.device is not None:
                 raise ConfigError("depth.device: a device is the run's choice; leave it out of the card (override "
                                   "it with depth.device=...)", key="depth.device")
@@ -282,9 +279,6 @@ class ProtocolCard:
             if not metric.startswith(("box_", "mask_")):
                 raise ConfigError(f"published.metric: detection measures box_AP / mask_AP, got {metric!r}",
                                   key="published.metric")
-            for name, empty in (("seg", EvalSegConfig()), ("depth", DepthProbeConfig())):
-                if getattr(self, name) != empty:
-                    raise ConfigError(f"{name}: a detection card has no {name} section; remove it", key=name)
             model, data = self.detection.model, self.detection.data
             if model.weights is not None:
                 raise ConfigError("detection.model.weights: set by --weights; leave it out of the card",
@@ -313,8 +307,7 @@ class ProtocolCard:
             for key in flatten(smoke):
                 if not key.startswith(("seg.", "depth.", "detection.")):
                     raise ConfigError(f"smoke: {key}: only seg.* / depth.* / detection.* keys can be changed for "
-                                      "smoke runs",
-                                      key="smoke")
+                                      "smoke runs", key="smoke")
 
 
 def _validate_section(section: str, build: Any) -> None:
