@@ -55,11 +55,9 @@ def run(args: argparse.Namespace) -> dict:
         check_output_path(args.out)
     import torch
 
-    from densessl.backbones import DenseBackbone
     from densessl.depth.data import DepthFolder
-    from densessl.depth.probe import DepthProbeConfig, run_depth_probe
+    from densessl.depth.probe import DepthProbeConfig, evaluate_depth
     from densessl.dist import resolve_device
-    from densessl.weights import read_backbone_weights, resolve_arch
 
     device = resolve_device(args.device)
     if args.num_threads:
@@ -72,19 +70,14 @@ def run(args: argparse.Namespace) -> dict:
         raise FileNotFoundError(f"weights file not found: {args.weights!r} (use --weights random for a random init)")
     train_ds = DepthFolder(args.data_root, "train", args.depth_scale)
     val_ds = DepthFolder(args.data_root, "val", args.depth_scale)
-    weights = None if args.weights == "random" else read_backbone_weights(args.weights)
-    arch = resolve_arch(args.arch, weights)
-    source = "random init" if weights is None else weights.source
-    torch.manual_seed(args.seed)
-    backbone = DenseBackbone(arch, levels=cfg.levels, weights=weights).to(device)
     start = time.perf_counter()
-    result = run_depth_probe(backbone, train_ds, val_ds, cfg)
+    result = evaluate_depth(args.weights, args.arch, train_ds, val_ds, cfg)
     m = result["metrics"]
-    print(f"linear depth probe: {arch} ({args.weights}: {source}) on {args.data_root}, {len(train_ds)} train / "
-          f"{len(val_ds)} val images, {time.perf_counter() - start:.1f} s")
+    print(f"linear depth probe: {result['arch']} ({args.weights}: {result['weights_source']}) on {args.data_root}, "
+          f"{len(train_ds)} train / {len(val_ds)} val images, {time.perf_counter() - start:.1f} s")
     print(f"RMSE {m['rmse']:.3f}  AbsRel {m['abs_rel']:.3f}  delta1 {100 * m['delta1']:.1f}  "
           f"delta2 {100 * m['delta2']:.1f}  delta3 {100 * m['delta3']:.1f}")
-    return {**result, "weights": args.weights, "weights_source": source, "arch": arch}
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,8 @@ overrides change the protocol (overrides of devices, threads, workers and loggin
 ``--weights random`` builds the card's architecture (or ``--arch``) with random weights: the baseline. A weights file
 whose architecture differs from the card's is refused unless ``--arch`` names it. ``--smoke`` swaps in the embedded
 synthetic data and tiny sizes (8 train / 4 val images at 64 px, 1 epoch, a small kNN memory; depth: 8 / 4 generated
-RGB-D scenes; detection: 2 iterations at 32 px) so that any card runs on a CPU in seconds: a check that the protocol runs, never a comparable number.
+RGB-D scenes; detection: 2 iterations at 32 px) so that any card runs on a CPU in seconds: a check that the protocol
+runs, never a comparable number.
 
 Exit codes: 0 done, 2 bad arguments, card, weights, data or run directory (one ``error:`` line), 3 non-finite loss,
 130 stopped by a signal (detection; continue with ``--resume``).
@@ -172,30 +173,22 @@ def _run_seg(card: ProtocolCard, args: argparse.Namespace, arch: str) -> tuple[d
 
 def _run_depth(card: ProtocolCard, args: argparse.Namespace, arch: str) -> tuple[dict[str, Any], Any]:
     """The linear depth probe of ``densessl-eval-depth`` on the card's RGB-D folder (generated scenes for --smoke)."""
-    import torch
-
-    from densessl.backbones import DenseBackbone
     from densessl.depth.data import DepthFolder, write_synthetic_rgbd
-    from densessl.depth.probe import run_depth_probe
+    from densessl.depth.probe import evaluate_depth
     from densessl.dist import resolve_device
     from densessl.protocols import DEPTH_SCALE, DEPTH_SMOKE_IMAGES, DEPTH_SMOKE_SIZE, build_depth_config
-    from densessl.weights import read_backbone_weights
 
     cfg = build_depth_config(card, device=str(resolve_device(card.depth.device, "depth.device")))
-    weights = None if args.weights == "random" else read_backbone_weights(args.weights)
     with tempfile.TemporaryDirectory(prefix="densessl-reproduce-") as scratch:
         root = (write_synthetic_rgbd(Path(scratch), DEPTH_SMOKE_IMAGES, DEPTH_SMOKE_SIZE) if args.smoke
                 else Path(args.data_root))
-        scale = 1000.0 if args.smoke else DEPTH_SCALE[card.dataset.name]  # type: ignore[index]
+        scale = 1000.0 if args.smoke else DEPTH_SCALE[card.dataset.name]  # generated scenes: millimetres
         train_ds, val_ds = DepthFolder(root, "train", scale), DepthFolder(root, "val", scale)
-        torch.manual_seed(cfg.seed)
-        backbone = DenseBackbone(arch, levels=cfg.levels, weights=weights)
-        result = run_depth_probe(backbone, train_ds, val_ds, cfg)
+        result = evaluate_depth(args.weights, arch, train_ds, val_ds, cfg)
     m = result["metrics"]
     print(f"linear depth probe: {arch} on {'generated RGB-D scenes' if args.smoke else args.data_root}, "
           f"{len(train_ds)} train / {len(val_ds)} val images: RMSE {m['rmse']:.3f}, AbsRel {m['abs_rel']:.3f}, "
           f"delta1 {100 * m['delta1']:.1f}")
-    result["weights_source"] = "random init" if weights is None else weights.source
     result["dataset"] = "synthetic" if args.smoke else card.dataset.name
     return result, cfg
 

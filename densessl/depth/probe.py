@@ -47,7 +47,8 @@ from densessl.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from densessl.schema import Range, check_fields
 from densessl.seg.features import backbone_device, resize_concat, resolve_levels
 
-__all__ = ["DepthProbeConfig", "LinearDepthHead", "depth_metrics", "run_depth_probe", "sig_loss", "EIGEN_CROP"]
+__all__ = ["DepthProbeConfig", "LinearDepthHead", "depth_metrics", "evaluate_depth", "run_depth_probe", "sig_loss",
+           "EIGEN_CROP"]
 
 logger = logging.getLogger("densessl")
 
@@ -253,3 +254,27 @@ def run_depth_probe(backbone: nn.Module, train_ds: torch.utils.data.Dataset, val
                 "feature_channels": int(train[0][0].shape[0]),
                 "final_train_loss": round(losses[-1], 4) if losses else None}
     return {"metrics": metrics, "settings": settings, "timings": {k: round(v, 2) for k, v in timings.items()}}
+
+
+def evaluate_depth(weights: str, arch: str | None, train_ds: torch.utils.data.Dataset,
+                   val_ds: torch.utils.data.Dataset, cfg: DepthProbeConfig) -> dict[str, Any]:
+    """The probe of a backbone named by its weights: ``densessl-eval-depth`` and depth protocol cards run this.
+
+    Args:
+        weights: A run or export folder, a weights file, or ``random`` (initialised after ``cfg.seed``).
+        arch: The timm architecture; ``None``: the one the weights file states.
+        train_ds, val_ds, cfg: As for :func:`run_depth_probe`; the backbone is built on ``cfg.device``.
+
+    Returns:
+        :func:`run_depth_probe`'s record plus ``weights``, ``weights_source`` and ``arch``.
+    """
+    from densessl.backbones import DenseBackbone
+    from densessl.weights import read_backbone_weights, resolve_arch
+
+    loaded = None if weights == "random" else read_backbone_weights(weights)
+    arch = resolve_arch(arch, loaded)
+    torch.manual_seed(cfg.seed)
+    backbone = DenseBackbone(arch, levels=cfg.levels, weights=loaded).to(cfg.device or "cpu")
+    result = run_depth_probe(backbone, train_ds, val_ds, cfg)
+    return {**result, "weights": weights, "weights_source": "random init" if loaded is None else loaded.source,
+            "arch": arch}
