@@ -146,11 +146,12 @@ class Stepper:
 
     def features(self) -> tuple[list[DenseFeatures], list[DenseFeatures] | None]:
         channels_last = self.options.channels_last
-        features = encode_views(self.backbone, self.views, channels_last)
+        features = encode_views(self.backbone, self.views, channels_last, getattr(self.objective, "student_views", None))
         teacher = None
         if self.teacher is not None:
             with torch.no_grad():
-                teacher = encode_views(self.teacher, self.views, channels_last)
+                teacher = encode_views(self.teacher, self.views, channels_last,
+                                       getattr(self.objective, "teacher_views", None))
         return features, teacher
 
     def loss(self, features: list[DenseFeatures], teacher: list[DenseFeatures] | None) -> torch.Tensor:

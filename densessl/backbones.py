@@ -200,27 +200,38 @@ class DenseBackbone(nn.Module):
         return DenseFeatures(maps=list(maps), pooled=pooled)
 
 
-def encode_views(backbone: nn.Module, views: Views, channels_last: bool = False) -> list[DenseFeatures]:
-    """Run the backbone once per resolution group and split the result per view.
+def encode_views(backbone: nn.Module, views: Views, channels_last: bool = False,
+                 select: Sequence[int] | None = None) -> list[DenseFeatures]:
+    """Run the backbone on a batch of views.
 
-    This is the one encode path for every network (student and teacher alike).
+    This is the one encode path for every network (student and teacher alike). ``select=None`` runs the backbone
+    once per resolution group (BatchNorm statistics over all views of the group, one large forward). A tuple of view
+    indices runs it once per listed view instead (BatchNorm statistics per view, as the MoCo / BYOL-family
+    references call their encoders once per view), and only on those views.
 
     Args:
         backbone: A ``DenseBackbone`` (or anything returning ``DenseFeatures``).
         views: A batch of views.
         channels_last: Feed the backbone NHWC-strided images (faster convolutions on GPUs with a channels-last model).
+        select: ``None`` (every view, per resolution group) or the view indices to encode, one forward each.
 
     Returns:
-        ``V`` ``DenseFeatures``, one per view in view order, each with batch ``B``.
+        One ``DenseFeatures`` per view, each with batch ``B``: every view in view order (``select=None``), or the
+        selected views in ``select`` order.
     """
+
+    def forward(images: Tensor) -> DenseFeatures:
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return backbone(images)
+
+    if select is not None:
+        return [forward(views.view(index)) for index in select]
     batch = views.batch_size
     per_view: list[DenseFeatures] = []
     for group in views.images:
         count = group.shape[1]
-        images = rearrange(group, "b v c h w -> (v b) c h w")
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        feats = backbone(images)
+        feats = forward(rearrange(group, "b v c h w -> (v b) c h w"))
         maps = [m.reshape(count, batch, *m.shape[1:]) for m in feats.maps]  # (V_g, B, C, h, w)
         pooled = feats.pooled.reshape(count, batch, -1)
         for v in range(count):

@@ -108,6 +108,22 @@ def test_encode_views_matches_per_view_forward() -> None:
             torch.testing.assert_close(per_view[v].pooled, direct.pooled, rtol=1e-4, atol=1e-5)
 
 
+def test_encode_views_select_runs_one_forward_per_listed_view() -> None:
+    """``select``: only the listed views, in that order, each with its own BatchNorm statistics (train mode)."""
+    backbone = DenseBackbone("resnet18").train()
+    multicrop = MultiCrop(MultiCropConfig(global_size=64, n_local=0))
+    views = collate_views([multicrop(torch.rand(3, 70, 70), torch.Generator().manual_seed(s)) for s in range(3)])
+    with torch.no_grad():
+        selected = encode_views(backbone, views, select=(1, 0))
+        grouped = encode_views(backbone, views)  # both 64 px views in one forward: statistics over 2B images
+        assert len(selected) == 2 and len(grouped) == 2
+        for features, index in zip(selected, (1, 0)):
+            direct = backbone(views.view(index))
+            torch.testing.assert_close(features.maps[-1], direct.maps[-1])
+            torch.testing.assert_close(features.pooled, direct.pooled)
+        assert not torch.allclose(grouped[1].maps[-1], selected[0].maps[-1], atol=1e-4)
+
+
 def test_vit_input_not_a_multiple_of_the_patch_is_a_clear_error() -> None:
     backbone = DenseBackbone("vit_tiny_patch16_224")
     with pytest.raises(ValueError, match=r"16x16 patches, but the input is 50x64; .* multiple of 16"):

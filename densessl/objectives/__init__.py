@@ -2,7 +2,9 @@
 ``forward(features, views, teacher_features=None)`` returns ``{"loss": ..., "<term>": ...}``.
 
 Objectives with ``uses_teacher = True`` (DenseCL, PixPro) also define ``ema_pairs()`` and ``momentum_at(step, total)``
-and receive the EMA teacher's features from the training loop.
+and receive the EMA teacher's features from the training loop. ``student_views`` / ``teacher_views`` (DenseCL: ``(0,)``
+/ ``(1,)``, PixPro: ``(0, 1)`` / ``(0, 1)``; absent or ``None``: every view) name the views each backbone encodes, one
+forward per view: ``features`` then holds those views in that order (``encode_views(..., select=views)``).
 
 ``OBJECTIVES`` maps a method name to ``(method class, config dataclass)``.
 """

@@ -18,9 +18,14 @@ With query view ``q`` (view 0, the student) and key view ``k`` (view 1, the mome
 One direction only (query -> key), as the reference. Defaults are the paper's ImageNet recipe.
 
 Differences from the reference:
-    * No shuffle-BN: the teacher sees the batch unshuffled. Under multi-GPU training, SyncBatchNorm
+    * As the reference, the student encodes the query view alone and the teacher the key view alone, each in its own
+      forward, so the backbones' BatchNorm statistics are per view (``student_views = (0,)``,
+      ``teacher_views = (1,)``; encoding both views in one forward would also share one set of statistics between
+      each query and its positive key, and double the backbone work).
+    * No shuffle-BN: the teacher sees the key batch unshuffled. Under multi-GPU training, SyncBatchNorm
       (``train.sync_bn``) makes the teacher's statistics global, which removes most of the intra-batch leak that
-      shuffle-BN prevents (MoCo v3's choice); on one process the leak is present as in any single-GPU MoCo.
+      shuffle-BN prevents (MoCo v3's choice); on one process the key statistics come from the same images as the
+      query's (the other view), as in any single-GPU MoCo.
     * The momentum update runs after each optimizer step instead of at the start of the next forward: the same
       sequence of teacher weights.
     * The queue accepts a global batch that does not divide its length (wrap-around) instead of asserting.
@@ -154,6 +159,8 @@ class DenseCL(nn.Module):
 
     uses_teacher = True
     uses_pooled = False  # reads only the dense maps
+    student_views = (0,)  # the query view: the student encodes it alone, as the reference's encoder_q(im_q)
+    teacher_views = (1,)  # the key view: the teacher encodes it alone, as encoder_k(im_k)
 
     def __init__(self, in_channels: int, config: DenseCLConfig | None = None) -> None:
         super().__init__()
@@ -179,15 +186,23 @@ class DenseCL(nn.Module):
                 teacher_features: list[DenseFeatures] | None = None) -> dict[str, Tensor]:
         """Loss with view 0 as the query (student) and view 1 as the key (teacher).
 
+        Args:
+            features: The student's features of ``student_views`` (view 0), as ``encode_views(select=(0,))``.
+            views: The batch (two views or more).
+            teacher_features: The teacher's features of ``teacher_views`` (view 1).
+
         Returns:
             ``{"loss", "loss_global", "loss_dense"}`` (weighted by 1 - λ and λ).
         """
         if teacher_features is None:
             raise ValueError("DenseCL needs the teacher's features (the training loop provides them)")
-        if len(features) < 2:
-            raise ValueError(f"DenseCL needs 2 views, got {len(features)}")
+        if views.num_views < 2:
+            raise ValueError(f"DenseCL needs 2 views, got {views.num_views}")
+        if len(features) != 1 or len(teacher_features) != 1:
+            raise ValueError(f"DenseCL takes the student's features of view 0 and the teacher's of view 1 "
+                             f"(student_views, teacher_views), got {len(features)} and {len(teacher_features)}")
         cfg = self.config
-        maps_q, maps_k = features[0].maps[-1], teacher_features[1].maps[-1]
+        maps_q, maps_k = features[0].maps[-1], teacher_features[0].maps[-1]
         q = self.neck(maps_q)
         with torch.no_grad():
             k = self.teacher_neck(maps_k)

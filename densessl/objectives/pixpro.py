@@ -24,6 +24,9 @@ Differences from the reference:
     * The instance branch (``ins_loss_weight > 0``) pools the student prediction and the teacher projection after the
       1x1-conv MLPs, as the reference; its predictor has the reference widths (256 -> 4096 -> 256).
     * Any timm backbone: the heads read its last requested level (C5 for ResNets; the reference uses C5 only).
+
+As the reference, the student and the teacher run their backbone once per view (``student_views``,
+``teacher_views``), so BatchNorm statistics are per view, like the projector's.
 """
 
 from __future__ import annotations
@@ -138,6 +141,8 @@ class PixPro(nn.Module):
 
     uses_teacher = True
     uses_pooled = False  # reads only the dense maps
+    student_views = (0, 1)  # one backbone forward per view, as the reference's encoder(im_1), encoder(im_2)
+    teacher_views = (0, 1)
 
     def __init__(self, in_channels: int, config: PixProConfig | None = None) -> None:
         super().__init__()

@@ -28,7 +28,6 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from densessl.backbones import DenseBackbone, encode_views
@@ -62,7 +61,9 @@ class Pretrainer(nn.Module):
 
     Objectives with ``uses_teacher = True`` receive the teacher backbone's features, computed by the same
     ``encode_views`` as the student's under ``no_grad``; ``update_teacher`` moves the teacher backbone and the
-    objective's ``ema_pairs()`` heads by EMA after each optimizer step.
+    objective's ``ema_pairs()`` heads by EMA after each optimizer step. An objective's ``student_views`` and
+    ``teacher_views`` (``None``: every view, one forward per resolution) name the views each backbone encodes, one
+    forward per view (``encode_views(select=...)``); the objective then receives those views' features in that order.
 
     With ``gram`` enabled (``densessl.objectives.gram``), ``gram_step(iteration)`` before each step takes or refreshes
     the Gram teacher and switches the term on from ``gram.start_iter``; ``forward`` then adds ``gram`` (the term) to
@@ -113,34 +114,35 @@ class Pretrainer(nn.Module):
         return True
 
     def _gram_term(self, features: list, views: Views) -> Tensor:
-        """The Gram-anchoring term over the global views (see ``densessl.objectives.gram``)."""
+        """The Gram-anchoring term over the global views the student encoded (see ``densessl.objectives.gram``)."""
         cfg = self.gram
         teacher = self.gram_teacher
         teacher.eval()
-        student, target, first = [], [], 0
-        for group in views.images:
-            count = min(group.shape[1], views.n_global - first)
-            if count <= 0:
-                break
-            images = rearrange(group[:, :count], "b v c h w -> (v b) c h w")
+        encoded = getattr(self.objective, "student_views", None) or range(views.num_views)
+        chosen = [(position, view) for position, view in enumerate(encoded) if view < views.n_global]
+        student, target = [], []
+        for size in dict.fromkeys(tuple(views.view(view).shape[-2:]) for _, view in chosen):  # one forward per size
+            group = [(position, view) for position, view in chosen if tuple(views.view(view).shape[-2:]) == size]
+            images = torch.cat([views.view(view) for _, view in group])
             if cfg.teacher_scale != 1.0:
                 images = F.interpolate(images, scale_factor=cfg.teacher_scale, mode="bicubic", align_corners=False)
             with torch.no_grad():  # a copy of the student: the same level; an external backbone: its last stage
                 teacher_maps = teacher(images).maps[cfg.level if cfg.weights is None else -1]
-            for v in range(count):
-                maps = features[first + v].maps[cfg.level]
+            for slot, (position, _) in enumerate(group):
+                maps = features[position].maps[cfg.level]
                 student.append(patches(maps))
-                block = teacher_maps[v * views.batch_size:(v + 1) * views.batch_size]
+                block = teacher_maps[slot * views.batch_size:(slot + 1) * views.batch_size]
                 target.append(patches(resize_to_grid(block, tuple(maps.shape[-2:]))))
-            first += count
         return gram_loss(torch.cat(student), torch.cat(target), cfg.normalization, cfg.remove_negative)
 
     def forward(self, views: Views) -> dict[str, Tensor]:
-        features = encode_views(self.backbone, views, self.channels_last)
+        features = encode_views(self.backbone, views, self.channels_last,
+                                getattr(self.objective, "student_views", None))
         teacher_features = None
         if self.teacher_backbone is not None:
             with torch.no_grad():
-                teacher_features = encode_views(self.teacher_backbone, views, self.channels_last)
+                teacher_features = encode_views(self.teacher_backbone, views, self.channels_last,
+                                                getattr(self.objective, "teacher_views", None))
         out = self.objective(features, views, teacher_features)
         if self.gram_active:
             term = self._gram_term(features, views)

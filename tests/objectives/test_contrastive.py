@@ -62,6 +62,35 @@ def test_densecl_losses_and_enqueue() -> None:
     assert torch.allclose(model.objective.queue_dense.keys[:4].norm(dim=1), torch.ones(4))
 
 
+@pytest.mark.parametrize("method", ["densecl", "pixpro"])
+def test_each_backbone_encodes_only_its_views_one_forward_each(method: str) -> None:
+    """DenseCL: the student encodes the query view alone, the teacher the key view alone; PixPro: both views, one
+    forward per view (the references' per-view encoder calls, so BatchNorm statistics are per view)."""
+    from densessl.data.collate import collate_views
+    from densessl.data.transforms import MultiCrop, MultiCropConfig
+
+    backbone = DenseBackbone("resnet18")
+    objective = (DenseCL.from_backbone(backbone, DenseCLConfig(hidden_dim=16, feat_dim=8, queue_len=16))
+                 if method == "densecl" else PixPro.from_backbone(backbone, PixProConfig(hidden_dim=16, out_dim=8)))
+    model = Pretrainer(backbone, objective)
+    mc = MultiCrop(MultiCropConfig(global_size=64, n_local=0))
+    views = collate_views([mc(torch.rand(3, 70, 70), torch.Generator().manual_seed(s)) for s in range(4)])
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    model.backbone.register_forward_hook(lambda m, args, out: seen["student"].append(args[0]))
+    model.teacher_backbone.register_forward_hook(lambda m, args, out: seen["teacher"].append(args[0]))
+    assert torch.isfinite(model(views)["loss"])
+    expected = {"densecl": ((0,), (1,)), "pixpro": ((0, 1), (0, 1))}[method]
+    for name, indices in zip(("student", "teacher"), expected):
+        assert len(seen[name]) == len(indices)
+        for images, index in zip(seen[name], indices):
+            assert torch.equal(images, views.view(index))  # batch B: one view per forward
+    if method == "densecl":  # features of every view (the per-resolution contract) are refused, not misread
+        from densessl.backbones import encode_views
+
+        with torch.no_grad(), pytest.raises(ValueError, match="student's features of view 0 and the teacher's of view"):
+            model.objective(encode_views(model.backbone, views), views, encode_views(model.teacher_backbone, views))
+
+
 def test_pixpro_positive_mask_identity_and_flip() -> None:
     box = torch.tensor([[0.2, 0.1, 0.9, 0.8]])
     no, yes = torch.tensor([False]), torch.tensor([True])
