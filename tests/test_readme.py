@@ -26,3 +26,45 @@ def test_snippet_runs(arch: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert f'ARCH = "{arch}"' in code
     exec(compile(code, str(README), "exec"), {})
     assert "inv_local" in capsys.readouterr().out
+
+
+RESULTS = README.parent / "benchmarks" / "results"
+# README main table: set -> the result file it cites; backbone label -> variant key.
+TABLE_FILES = {"Stanford Background": "quality_stanford_background_s012.json",
+               "LabelMeFacade": "quality_labelmefacade_s012.json"}
+TABLE_VARIANTS = {"random init": "random", "VICReg (α = 1)": "vicreg", "VICRegL (α = 0.75)": "vicregl_a0.75"}
+TABLE_METRICS = ["linear_last", "knn_last", "linear_l34", "knn_l34"]
+
+
+def _main_table() -> list[list[str]]:
+    section = README.read_text().split("## What the local criterion buys, on real scenes", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[cell.strip().strip("*") for cell in row.strip("|").split("|")] for row in rows[1:]]
+
+
+def test_main_table_is_the_result_files() -> None:
+    """Every number of the README's real-scene table is the mean ± std (or same-seed difference) of the result
+    file it cites, and its DAVIS column the seed-0 file's."""
+    import json
+    from statistics import mean, stdev
+
+    current = None
+    davis = json.loads((RESULTS / "quality_stanford_background_s0.json").read_text())["results"]
+    checked = 0
+    for cells in _main_table():
+        if cells[0]:
+            current = next(name for name in TABLE_FILES if cells[0].startswith(name))
+        data = json.loads((RESULTS / TABLE_FILES[current]).read_text())
+        for metric, cell in zip(TABLE_METRICS, cells[2:6]):
+            if cells[1] == "VICRegL − VICReg, same seed":
+                diff = data["paired"]["differences"]["vicregl_a0.75"][metric]
+                expected = f"{diff['mean']:+.2f} ± {diff['std']:.2f}"
+            else:
+                values = data["results"][TABLE_VARIANTS[cells[1]]][metric]
+                assert len(values) == 3
+                expected = f"{mean(values):.2f} ± {stdev(values):.2f}"
+            assert cell == expected, (current, cells[1], metric)
+            checked += 1
+        if cells[6] and cells[1] in TABLE_VARIANTS:
+            assert cells[6] == f"{davis[TABLE_VARIANTS[cells[1]]]['davis_JF_last'][0]:.1f}", (current, cells[1])
+    assert checked == 32
