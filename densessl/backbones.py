@@ -201,7 +201,8 @@ class DenseBackbone(nn.Module):
 
 
 def encode_views(backbone: nn.Module, views: Views, channels_last: bool = False,
-                 select: Sequence[int] | None = None) -> list[DenseFeatures]:
+                 select: Sequence[int] | None = None, bn_groups: int = 1,
+                 permutation: Tensor | None = None) -> list[DenseFeatures]:
     """Run the backbone on a batch of views.
 
     This is the one encode path for every network (student and teacher alike). ``select=None`` runs the backbone
@@ -209,15 +210,23 @@ def encode_views(backbone: nn.Module, views: Views, channels_last: bool = False,
     indices runs it once per listed view instead (BatchNorm statistics per view, as the MoCo / BYOL-family
     references call their encoders once per view), and only on those views.
 
+    ``bn_groups > 1`` (with ``select``) splits each selected view's batch into that many consecutive chunks, one
+    forward each, so BatchNorm statistics are per chunk: one process emulating the per-GPU statistics of a
+    ``bn_groups``-GPU run. ``permutation`` (a ``(B,)`` permutation of the batch) reorders the images before the split
+    and restores the order after it: MoCo's shuffle-BN, which puts each image's key in another chunk than its query.
+    Without BatchNorm in train mode the outputs equal the unsplit forward.
+
     Args:
         backbone: A ``DenseBackbone`` (or anything returning ``DenseFeatures``).
         views: A batch of views.
         channels_last: Feed the backbone NHWC-strided images (faster convolutions on GPUs with a channels-last model).
         select: ``None`` (every view, per resolution group) or the view indices to encode, one forward each.
+        bn_groups: Chunks per selected view (``1``: one forward over the whole batch); needs ``select``.
+        permutation: ``(B,)`` int64 batch order for the chunks (``None``: the batch order); needs ``select``.
 
     Returns:
-        One ``DenseFeatures`` per view, each with batch ``B``: every view in view order (``select=None``), or the
-        selected views in ``select`` order.
+        One ``DenseFeatures`` per view, each with batch ``B`` in the batch order: every view in view order
+        (``select=None``), or the selected views in ``select`` order.
     """
 
     def forward(images: Tensor) -> DenseFeatures:
@@ -225,8 +234,29 @@ def encode_views(backbone: nn.Module, views: Views, channels_last: bool = False,
             images = images.contiguous(memory_format=torch.channels_last)
         return backbone(images)
 
+    def forward_split(images: Tensor) -> DenseFeatures:
+        if bn_groups == 1 and permutation is None:
+            return forward(images)
+        if permutation is not None:
+            images = images[permutation]
+        chunks = [forward(chunk) for chunk in images.tensor_split(bn_groups)]
+        maps = [torch.cat([chunk.maps[level] for chunk in chunks]) for level in range(len(chunks[0].maps))]
+        pooled = torch.cat([chunk.pooled for chunk in chunks])
+        if permutation is not None:
+            inverse = torch.argsort(permutation)
+            maps, pooled = [m[inverse] for m in maps], pooled[inverse]
+        return DenseFeatures(maps=maps, pooled=pooled)
+
+    if bn_groups < 1:
+        raise ValueError(f"bn_groups must be >= 1, got {bn_groups}")
+    if (bn_groups > 1 or permutation is not None) and select is None:
+        raise ValueError("bn_groups / permutation split a selected view's batch: pass select=(view, ...)")
+    if bn_groups > views.batch_size:
+        raise ValueError(f"bn_groups={bn_groups} is more than the batch of {views.batch_size} images")
+    if permutation is not None and tuple(permutation.shape) != (views.batch_size,):
+        raise ValueError(f"permutation must have shape ({views.batch_size},), got {tuple(permutation.shape)}")
     if select is not None:
-        return [forward(views.view(index)) for index in select]
+        return [forward_split(views.view(index)) for index in select]
     batch = views.batch_size
     per_view: list[DenseFeatures] = []
     for group in views.images:

@@ -124,6 +124,35 @@ def test_encode_views_select_runs_one_forward_per_listed_view() -> None:
         assert not torch.allclose(grouped[1].maps[-1], selected[0].maps[-1], atol=1e-4)
 
 
+def test_encode_views_bn_groups_split_the_batch_and_permutation_shuffles_it() -> None:
+    """``bn_groups``: BatchNorm statistics per chunk of the batch; ``permutation``: chunks of the shuffled batch,
+    outputs back in batch order (shuffle-BN); without train-mode BatchNorm both equal the plain forward."""
+    backbone = DenseBackbone("resnet18").train()
+    multicrop = MultiCrop(MultiCropConfig(global_size=64, n_local=0))
+    views = collate_views([multicrop(torch.rand(3, 70, 70), torch.Generator().manual_seed(s)) for s in range(6)])
+    images = views.view(1)
+    permutation = torch.tensor([3, 0, 5, 1, 4, 2])
+    with torch.no_grad():
+        (grouped,) = encode_views(backbone, views, select=(1,), bn_groups=2)
+        for rows in (slice(0, 3), slice(3, 6)):
+            torch.testing.assert_close(grouped.maps[-1][rows], backbone(images[rows]).maps[-1])
+        (shuffled,) = encode_views(backbone, views, select=(1,), bn_groups=2, permutation=permutation)
+        first = backbone(images[permutation[:3]])  # images 3, 0, 5 share one set of statistics
+        torch.testing.assert_close(shuffled.maps[-1][permutation[:3]], first.maps[-1])
+        torch.testing.assert_close(shuffled.pooled[permutation[:3]], first.pooled)
+        assert not torch.allclose(shuffled.maps[-1], grouped.maps[-1], atol=1e-4)
+        backbone.eval()
+        (plain,) = encode_views(backbone, views, select=(1,))
+        (split,) = encode_views(backbone, views, select=(1,), bn_groups=3, permutation=permutation)
+        torch.testing.assert_close(split.maps[-1], plain.maps[-1], rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="pass select"):
+        encode_views(backbone, views, bn_groups=2)
+    with pytest.raises(ValueError, match="more than the batch"):
+        encode_views(backbone, views, select=(0,), bn_groups=7)
+    with pytest.raises(ValueError, match="permutation must have shape"):
+        encode_views(backbone, views, select=(0,), permutation=torch.arange(5))
+
+
 def test_vit_input_not_a_multiple_of_the_patch_is_a_clear_error() -> None:
     backbone = DenseBackbone("vit_tiny_patch16_224")
     with pytest.raises(ValueError, match=r"16x16 patches, but the input is 50x64; .* multiple of 16"):

@@ -22,10 +22,13 @@ Differences from the reference:
       forward, so the backbones' BatchNorm statistics are per view (``student_views = (0,)``,
       ``teacher_views = (1,)``; encoding both views in one forward would also share one set of statistics between
       each query and its positive key, and double the backbone work).
-    * No shuffle-BN: the teacher sees the key batch unshuffled. Under multi-GPU training, SyncBatchNorm
-      (``train.sync_bn``) makes the teacher's statistics global, which removes most of the intra-batch leak that
-      shuffle-BN prevents (MoCo v3's choice); on one process the key statistics come from the same images as the
-      query's (the other view), as in any single-GPU MoCo.
+    * Shuffle-BN is emulated on one process (``bn_groups``): with ``bn_groups = G > 1`` the student encodes the query
+      batch in G consecutive chunks and the teacher the key batch in G chunks of a random permutation, so BatchNorm
+      statistics are per chunk and an image's key is normalised with other images than its query, as the reference's
+      per-GPU BatchNorm with keys shuffled across G GPUs (``_batch_shuffle_ddp``). Under DDP the shuffle stays within
+      each rank (no all-gather of images). ``bn_groups = 1`` (the default) encodes each view in one forward without
+      shuffling, as any single-GPU MoCo; with ``train.sync_bn`` the teacher's statistics are global, which removes
+      most of the leak that shuffle-BN prevents (MoCo v3's choice).
     * The momentum update runs after each optimizer step instead of at the start of the next forward: the same
       sequence of teacher weights.
     * The queue accepts a global batch that does not divide its length (wrap-around) instead of asserting.
@@ -61,6 +64,8 @@ class DenseCLConfig:
     feat_dim: Annotated[int, Range(ge=1)] = 128
     hidden_dim: Annotated[int, Range(ge=1)] = 2048
     momentum: Annotated[float, Range(ge=0, le=1)] = 0.999
+    # Shuffle-BN emulated on one process: BatchNorm chunks per view, the teacher's over a shuffled batch (1: off).
+    bn_groups: Annotated[int, Range(ge=1)] = 1
 
     def validate(self) -> None:
         check_fields(self)
@@ -166,6 +171,7 @@ class DenseCL(nn.Module):
         super().__init__()
         self.config = cfg = config or DenseCLConfig()
         cfg.validate()
+        self.bn_groups = cfg.bn_groups  # read by the training loop's encode (shuffle-BN emulation)
         self.neck = DenseCLNeck(in_channels, cfg.hidden_dim, cfg.feat_dim)
         self.teacher_neck = frozen_copy(self.neck)
         self.queue_global = KeyQueue(cfg.queue_len, cfg.feat_dim)

@@ -64,6 +64,8 @@ class Pretrainer(nn.Module):
     objective's ``ema_pairs()`` heads by EMA after each optimizer step. An objective's ``student_views`` and
     ``teacher_views`` (``None``: every view, one forward per resolution) name the views each backbone encodes, one
     forward per view (``encode_views(select=...)``); the objective then receives those views' features in that order.
+    An objective's ``bn_groups`` (DenseCL's shuffle-BN emulation) splits each of those forwards into that many
+    BatchNorm chunks, the teacher's over a fresh random permutation of the batch at every step.
 
     With ``gram`` enabled (``densessl.objectives.gram``), ``gram_step(iteration)`` before each step takes or refreshes
     the Gram teacher and switches the term on from ``gram.start_iter``; ``forward`` then adds ``gram`` (the term) to
@@ -136,13 +138,18 @@ class Pretrainer(nn.Module):
         return gram_loss(torch.cat(student), torch.cat(target), cfg.normalization, cfg.remove_negative)
 
     def forward(self, views: Views) -> dict[str, Tensor]:
+        groups = getattr(self.objective, "bn_groups", 1)
         features = encode_views(self.backbone, views, self.channels_last,
-                                getattr(self.objective, "student_views", None))
+                                getattr(self.objective, "student_views", None), bn_groups=groups)
         teacher_features = None
         if self.teacher_backbone is not None:
+            shuffle = None
+            if groups > 1:  # shuffle-BN: the teacher's chunks hold other images than the student's
+                shuffle = torch.randperm(views.batch_size, device=views.view(0).device)
             with torch.no_grad():
                 teacher_features = encode_views(self.teacher_backbone, views, self.channels_last,
-                                                getattr(self.objective, "teacher_views", None))
+                                                getattr(self.objective, "teacher_views", None), bn_groups=groups,
+                                                permutation=shuffle)
         out = self.objective(features, views, teacher_features)
         if self.gram_active:
             term = self._gram_term(features, views)
