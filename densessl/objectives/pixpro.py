@@ -45,7 +45,8 @@ from densessl.data.collate import Views
 from densessl.objectives.momentum import cosine_momentum, frozen_copy
 from densessl.schema import Range, check_fields
 
-__all__ = ["PixProConfig", "conv_mlp", "PixelPropagation", "positive_mask", "pixpro_loss", "PixPro"]
+__all__ = ["PixProConfig", "conv_mlp", "PixelPropagation", "positive_mask", "pixpro_loss", "target_cosine",
+           "PixPro"]
 
 
 @dataclass
@@ -131,6 +132,25 @@ def pixpro_loss(prediction: Tensor, target: Tensor, mask: Tensor) -> Tensor:
     return -2.0 * per_sample.mean()
 
 
+@torch.no_grad()
+def target_cosine(targets: list[Tensor]) -> Tensor:
+    """Collapse monitor: the mean cosine between two teacher pixel projections drawn from the whole batch.
+
+    ``‖mean_i t_i‖²`` over the L2-normalized projections ``t_i`` of every cell of every image and view (self-pairs
+    included): about ``1 / N`` for spread features, 1 when every pixel projects to one direction. The pixel loss
+    reaches its floor of -4 either by matching corresponding pixels or by this collapse, so the loss alone cannot tell
+    them apart; a value near 1 says the second.
+
+    Args:
+        targets: ``(B, D, h, w)`` teacher projections, one per view.
+
+    Returns:
+        Scalar in ``[0, 1]``.
+    """
+    unit = torch.cat([F.normalize(rearrange(t.float(), "b d h w -> (b h w) d"), dim=1) for t in targets])
+    return unit.mean(dim=0).pow(2).sum()
+
+
 class PixPro(nn.Module):
     """PixPro method: student projector + PPM, EMA teacher projector, optional BYOL instance branch.
 
@@ -174,7 +194,8 @@ class PixPro(nn.Module):
         """Symmetric loss over views 0 and 1.
 
         Returns:
-            ``{"loss", "loss_pixel", "positive_fraction"}`` (+ ``"loss_instance"`` with the instance branch).
+            ``{"loss", "loss_pixel", "positive_fraction", "target_cosine"}`` (+ ``"loss_instance"`` with the
+            instance branch); ``target_cosine`` is the collapse monitor of ``target_cosine()``.
         """
         if teacher_features is None:
             raise ValueError("PixPro needs the teacher's features (the training loop provides them)")
@@ -191,7 +212,8 @@ class PixPro(nn.Module):
                 for a, b in ((0, 1), (1, 0))
             ]
         loss_pixel = pixpro_loss(predictions[0], targets[1], masks[0]) + pixpro_loss(predictions[1], targets[0], masks[1])
-        out = {"loss_pixel": loss_pixel, "positive_fraction": masks[0].mean()}
+        out = {"loss_pixel": loss_pixel, "positive_fraction": masks[0].mean(),
+               "target_cosine": target_cosine(targets)}
         loss = loss_pixel
         if cfg.ins_loss_weight > 0:
             pred = [F.normalize(self.instance_predictor(self.instance_projector(m)).mean(dim=(2, 3)), dim=1)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from densessl.backbones import DenseBackbone
 from densessl.objectives.densecl import DenseCL, DenseCLConfig, KeyQueue, dense_correspondence, info_nce
 from densessl.objectives.momentum import cosine_momentum, ema_update, frozen_copy
-from densessl.objectives.pixpro import PixelPropagation, PixPro, PixProConfig, pixpro_loss, positive_mask
+from densessl.objectives.pixpro import PixelPropagation, PixPro, PixProConfig, pixpro_loss, positive_mask, target_cosine
 from densessl.train.pretrain import Pretrainer
 
 
@@ -89,6 +89,35 @@ def test_each_backbone_encodes_only_its_views_one_forward_each(method: str) -> N
 
         with torch.no_grad(), pytest.raises(ValueError, match="student's features of view 0 and the teacher's of view"):
             model.objective(encode_views(model.backbone, views), views, encode_views(model.teacher_backbone, views))
+
+
+def test_densecl_bn_groups_emulate_shuffle_bn() -> None:
+    """``bn_groups = 2``: the student encodes the query batch in two chunks in batch order, the teacher the key batch
+    in two chunks of a permutation (so a key's BatchNorm chunk is not its query's), and the teacher's features reach
+    the objective back in batch order."""
+    from densessl.data.collate import collate_views
+    from densessl.data.transforms import MultiCrop, MultiCropConfig
+
+    backbone = DenseBackbone("resnet18")
+    config = DenseCLConfig(hidden_dim=16, feat_dim=8, queue_len=16, bn_groups=2)
+    model = Pretrainer(backbone, DenseCL.from_backbone(backbone, config))
+    mc = MultiCrop(MultiCropConfig(global_size=64, n_local=0))
+    views = collate_views([mc(torch.rand(3, 70, 70), torch.Generator().manual_seed(s)) for s in range(6)])
+    seen: dict[str, list[torch.Tensor]] = {"student": [], "teacher": []}
+    model.backbone.register_forward_hook(lambda m, args, out: seen["student"].append(args[0]))
+    model.teacher_backbone.register_forward_hook(lambda m, args, out: seen["teacher"].append(args[0]))
+    received: list = []
+    model.objective.register_forward_pre_hook(lambda m, args: received.append(args[2][0].maps[-1].clone()))
+    torch.manual_seed(3)
+    assert torch.isfinite(model(views)["loss"])
+    torch.manual_seed(3)
+    permutation = torch.randperm(6)
+    assert [len(x) for x in seen["student"]] == [3, 3] and [len(x) for x in seen["teacher"]] == [3, 3]
+    torch.testing.assert_close(torch.cat(seen["student"]), views.view(0))
+    torch.testing.assert_close(torch.cat(seen["teacher"]), views.view(1)[permutation])
+    with torch.no_grad():
+        first = model.teacher_backbone(views.view(1)[permutation[:3]]).maps[-1]
+    torch.testing.assert_close(received[0][permutation[:3]], first)
 
 
 def test_pixpro_positive_mask_identity_and_flip() -> None:
@@ -169,3 +198,12 @@ def test_contrastive_bad_config() -> None:
     backbone = DenseBackbone("resnet18")
     with pytest.raises(ValueError, match="teacher"):
         DenseCL.from_backbone(backbone, DenseCLConfig(hidden_dim=8, feat_dim=4, queue_len=8))([], None)
+
+
+def test_pixpro_target_cosine_separates_collapse_from_spread() -> None:
+    same = torch.ones(2, 8, 3, 3)  # every pixel projects to one direction
+    torch.testing.assert_close(target_cosine([same, 2 * same]), torch.tensor(1.0))
+    spread = torch.eye(8).reshape(1, 8, 2, 4)  # 8 orthonormal pixels: only the self-pairs count
+    torch.testing.assert_close(target_cosine([spread]), torch.tensor(1 / 8))
+    opposite = torch.cat([same[:1], -same[:1]])
+    torch.testing.assert_close(target_cosine([opposite]), torch.tensor(0.0))
