@@ -24,7 +24,7 @@ Differences from the reference:
       each query and its positive key, and double the backbone work).
     * Shuffle-BN is emulated on one process (``bn_groups``): with ``bn_groups = G > 1`` the student encodes the query
       batch in G consecutive chunks and the teacher the key batch in G chunks of a random permutation, so BatchNorm
-      statistics are per chunk and an image's key is normalised with other images than its query, as the reference's
+      statistics are per chunk and a key and its query are normalised over different sets of images, as the reference's
       per-GPU BatchNorm with keys shuffled across G GPUs (``_batch_shuffle_ddp``). Under DDP the shuffle stays within
       each rank (no all-gather of images). ``bn_groups = 1`` (the default) encodes each view in one forward without
       shuffling, as any single-GPU MoCo; with ``train.sync_bn`` the teacher's statistics are global, which removes
