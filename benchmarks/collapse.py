@@ -38,11 +38,9 @@ sys.path.insert(0, str(HERE))
 
 from _common import machine_info  # noqa: E402
 
-from densessl.backbones import DenseBackbone  # noqa: E402
 from densessl.diagnostics import rankme  # noqa: E402
-from densessl.objectives import OBJECTIVES  # noqa: E402
 from densessl.train.config import load_config  # noqa: E402
-from densessl.train.pretrain import Pretrainer  # noqa: E402
+from densessl.train.pretrain import build_pretrainer  # noqa: E402
 
 
 def load_images(data_root: Path, count: int, size: int) -> Tensor:
@@ -81,9 +79,7 @@ def measure(run: Path | None, recipe: Path, images: Tensor) -> dict[str, dict[st
     """Monitors of one run (``None``: the recipe's random initialisation at its seed)."""
     cfg = load_config(recipe)
     torch.manual_seed(cfg.train.seed)
-    backbone = DenseBackbone(cfg.model.arch, levels=cfg.model.levels, model_kwargs=cfg.model.model_kwargs)
-    method_cls, _ = OBJECTIVES[cfg.method]
-    pretrainer = Pretrainer(backbone, method_cls.from_backbone(backbone, cfg.objective))
+    pretrainer = build_pretrainer(cfg)
     if run is not None:
         state = torch.load(run / "checkpoints" / "last.pt", map_location="cpu", weights_only=False)["model"]
         pretrainer.load_state_dict(state)

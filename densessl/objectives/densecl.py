@@ -171,11 +171,15 @@ class DenseCL(nn.Module):
         super().__init__()
         self.config = cfg = config or DenseCLConfig()
         cfg.validate()
-        self.bn_groups = cfg.bn_groups  # read by the training loop's encode (shuffle-BN emulation)
         self.neck = DenseCLNeck(in_channels, cfg.hidden_dim, cfg.feat_dim)
         self.teacher_neck = frozen_copy(self.neck)
         self.queue_global = KeyQueue(cfg.queue_len, cfg.feat_dim)
         self.queue_dense = KeyQueue(cfg.queue_len, cfg.feat_dim)
+
+    @property
+    def bn_groups(self) -> int:
+        """BatchNorm chunks per encoded view, read by the training loop (``DenseCLConfig.bn_groups``)."""
+        return self.config.bn_groups
 
     @classmethod
     def from_backbone(cls, backbone: DenseBackbone, config: DenseCLConfig | None = None) -> "DenseCL":

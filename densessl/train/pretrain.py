@@ -178,6 +178,16 @@ class TrainResult:
     interrupted: bool
 
 
+def build_pretrainer(cfg: Config) -> Pretrainer:
+    """The backbone, objective and ``Pretrainer`` that ``cfg`` describes, on the CPU (seed the RNG first for a
+    reproducible initialisation); its ``state_dict`` is the one ``checkpoints/*.pt`` hold under ``model``."""
+    backbone = DenseBackbone(cfg.model.arch, levels=cfg.model.levels, weights=cfg.model.weights,
+                             model_kwargs=cfg.model.model_kwargs)
+    method_cls, _ = OBJECTIVES[cfg.method]
+    return Pretrainer(backbone, method_cls.from_backbone(backbone, cfg.objective), cfg.train.channels_last,
+                      gram=cfg.gram)
+
+
 def _build_dataset(cfg: Config) -> PretrainDataset:
     if cfg.data.source == "synthetic":
         images = SyntheticImages(cfg.data.synthetic_images, cfg.data.synthetic_size, seed=cfg.train.seed)
@@ -233,11 +243,7 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
 
     # ---- model (same init on every rank: seed before building; DDP also broadcasts from rank 0)
     torch.manual_seed(cfg.train.seed)
-    backbone = DenseBackbone(cfg.model.arch, levels=cfg.model.levels, weights=cfg.model.weights,
-                             model_kwargs=cfg.model.model_kwargs)
-    method_cls, _ = OBJECTIVES[cfg.method]
-    objective = method_cls.from_backbone(backbone, cfg.objective)
-    pretrainer = Pretrainer(backbone, objective, cfg.train.channels_last, gram=cfg.gram)
+    pretrainer = build_pretrainer(cfg)
     model: nn.Module = pretrainer
     if run.distributed and cfg.train.sync_bn:
         if device.type == "cuda":
@@ -254,7 +260,7 @@ def _train(cfg: Config, run: engine.Run, on_step: Callable[[int], None] | None) 
     optimizer = build_optimizer([pretrainer], cfg.optim)
     scaler = engine.make_scaler(run)
     # Map-only objectives leave the backbone's pooling head (e.g. ConvNeXt's head norm) without gradients.
-    model = engine.wrap_distributed(run, pretrainer, find_unused_parameters=not objective.uses_pooled)
+    model = engine.wrap_distributed(run, pretrainer, find_unused_parameters=not pretrainer.objective.uses_pooled)
 
     # ---- data
     dataset = _build_dataset(cfg)
