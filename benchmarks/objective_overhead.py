@@ -1,11 +1,12 @@
 """Objective overhead: a full training step per objective vs the backbone's own step on the same crops.
 
 For each backbone (default ``resnet50``) and objective (vicregl, vicreg, densecl, pixpro) this times one **full
-training step** exactly as ``densessl.train.pretrain`` runs it on the CPU in fp32 -- student ``encode_views``, the EMA
-teacher's ``encode_views`` under ``no_grad`` (DenseCL/PixPro), the objective's forward, ``backward``, the optimizer step
-(``build_optimizer`` with the default ``OptimConfig``: LARS), ``zero_grad(set_to_none=True)`` and the teacher EMA update
--- against the **same backbone alone** doing forward + backward + the same optimizer step with a trivial loss (the sum
-over views of the mean of the pooled features), on the same batch:
+training step** exactly as ``densessl.train.pretrain`` runs it on the CPU in fp32 -- ``Pretrainer.encode`` (the
+student's views and, for DenseCL/PixPro, the EMA teacher's under ``no_grad``, in the objective's BatchNorm chunks), the
+objective's forward, ``backward``, the optimizer step (``build_optimizer`` with the default ``OptimConfig``: LARS),
+``zero_grad(set_to_none=True)`` and the teacher EMA update (``Pretrainer.update_teacher``) -- against the **same
+backbone alone** doing forward + backward + the same optimizer step with a trivial loss (the sum over views of the mean
+of the pooled features), on the same batch:
 
 * vicregl, vicreg: the standard multi-crop batch 2 x 224 + 6 x 96 (``MultiCropConfig()`` defaults);
 * densecl, pixpro: the two 224 views of that same batch (these methods use two global views).
@@ -52,10 +53,9 @@ from densessl.data.collate import Views, collate_views
 from densessl.data.synthetic import render_scene
 from densessl.data.transforms import MultiCrop, MultiCropConfig
 from densessl.objectives import OBJECTIVES
-from densessl.objectives.momentum import ema_update, frozen_copy
 from densessl.train.config import OptimConfig
 from densessl.train.optim import build_optimizer
-from densessl.train.pretrain import compile_in_place
+from densessl.train.pretrain import Pretrainer, compile_in_place
 
 MULTI_CROP = ("vicregl", "vicreg")  # objectives trained on 2 x 224 + 6 x 96; the others use the two 224 views
 TARGETS = {("resnet50", "vicregl"): 1.10}  # CPU target from the issue
@@ -115,6 +115,7 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(self.device_type, enabled=self.amp_dtype == torch.float16)
         self.backbone = DenseBackbone(arch)
         self.objective = None
+        self.pretrainer: Pretrainer | None = None
         self.teacher = None
         modules: list[torch.nn.Module] = [self.backbone]
         if method is not None:
@@ -125,8 +126,9 @@ class Stepper:
                     setattr(config, key, value)
             self.objective = cls.from_backbone(self.backbone, config)
             modules.append(self.objective)
-            if getattr(self.objective, "uses_teacher", False):
-                self.teacher = frozen_copy(self.backbone)  # exactly what Pretrainer does
+            # The training loop's module: its encode() (views, teacher, bn_groups) and update_teacher().
+            self.pretrainer = Pretrainer(self.backbone, self.objective, self.options.channels_last)
+            self.teacher = self.pretrainer.teacher_backbone
         for module in modules:
             module.to(device).train()
         if self.teacher is not None:
@@ -145,14 +147,9 @@ class Stepper:
         self.params = sum(p.numel() for m in modules for p in m.parameters() if p.requires_grad)
 
     def features(self) -> tuple[list[DenseFeatures], list[DenseFeatures] | None]:
-        channels_last = self.options.channels_last
-        features = encode_views(self.backbone, self.views, channels_last, getattr(self.objective, "student_views", None))
-        teacher = None
-        if self.teacher is not None:
-            with torch.no_grad():
-                teacher = encode_views(self.teacher, self.views, channels_last,
-                                       getattr(self.objective, "teacher_views", None))
-        return features, teacher
+        if self.pretrainer is not None:
+            return self.pretrainer.encode(self.views)
+        return encode_views(self.backbone, self.views, self.options.channels_last), None
 
     def loss(self, features: list[DenseFeatures], teacher: list[DenseFeatures] | None) -> torch.Tensor:
         if self.objective is None:
@@ -188,11 +185,8 @@ class Stepper:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.teacher is not None:
-            with torch.no_grad():
-                ema_update(self.teacher, self.backbone, 0.99)
-                for student, teacher_head in self.objective.ema_pairs():  # type: ignore[union-attr]
-                    ema_update(teacher_head, student, 0.99)
+        if self.pretrainer is not None:
+            self.pretrainer.update_teacher(0.99)
         self.sync()
         t4 = time.perf_counter()
         for key, value in zip(self.phases, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):

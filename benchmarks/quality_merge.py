@@ -11,9 +11,12 @@ two tables:
   the difference; it is the comparison to read when the two rows' spreads are larger than the gap between them.
 
 Files must agree on every setting that changes a value (data set, arch, epochs, ``--pretrain-set``, eval input size,
-feature protocols, threads, each variant's recipe; the match settings when both files have those columns) and must not share a seed; a variant or metric missing from one file is
-left out of the merged table (with a note). Files from different CPU models are merged with a warning: a pretrained
-row moves across CPU families (``benchmarks/README.md``, "Reproducing on another CPU").
+feature protocols, threads, each variant's recipe; the match settings when both files have those columns). Two files
+may hold the same seed only for different variants (a row of one seed measured in another run, e.g. random init added
+to an existing pretraining); a (variant, seed) given twice is refused. A variant without a value for every seed of the
+merged table, or a metric missing from one of its files, is left out (with a note). Files from different CPU models are
+merged with a warning: a pretrained row moves across CPU families (``benchmarks/README.md``, "Reproducing on another
+CPU").
 
 Usage::
 
@@ -115,9 +118,10 @@ def merge_results(results: list[dict], names: list[str], variants: list[str] | N
     """Concatenate the seeds of ``quality.py`` result dicts written with the same settings.
 
     ``results`` are the parsed files, ``names`` their paths (for messages). Raises ``ValueError`` naming the files and
-    the setting when they disagree, or when a seed occurs twice. Returns the merged result dict (``settings.seeds``:
-    every seed in file order; ``results``: the variants all files have, or ``variants``; per variant the metrics all
-    files have) and the notes on what was left out.
+    the setting when they disagree, or when one variant's seed occurs in two files. Returns the merged result dict
+    (``settings.seeds``: every seed in order of first appearance; ``results``: the variants with a value at every seed,
+    or ``variants``, each metric a list in that seed order; per variant the metrics all its files have) and the notes
+    on what was left out.
     """
     if len(results) < 2:
         raise ValueError("give at least two result files to merge")
@@ -131,37 +135,44 @@ def merge_results(results: list[dict], names: list[str], variants: list[str] | N
                 raise ValueError(f"{name} and {names[0]} differ in {key!r} ({settings.get(key)!r} vs "
                                  f"{first.get(key)!r}): their values cannot share one table")
     seeds: list[int] = []
+    owner: dict[tuple[str, int], str] = {}  # (variant, seed) -> the file holding it
     for result, name in zip(results, names):
-        repeated = sorted(set(seeds) & set(result["settings"]["seeds"]))
+        seeds += [seed for seed in result["settings"]["seeds"] if seed not in seeds]
+        repeated = sorted({seed for variant in result["results"] for seed in result["settings"]["seeds"]
+                           if (variant, seed) in owner})
         if repeated:
-            raise ValueError(f"seed(s) {repeated} of {name} are already in an earlier file: merge files of "
-                             f"disjoint seeds")
-        seeds += result["settings"]["seeds"]
+            raise ValueError(f"seed(s) {repeated} of {name} are already in an earlier file for the same variant: "
+                             f"merge files of disjoint seeds, or of one seed with other variants")
+        owner.update({(variant, seed): name for variant in result["results"] for seed in result["settings"]["seeds"]})
+    present = list(dict.fromkeys(v for r in results for v in r["results"]))
+    lacking = {v: [seed for seed in seeds if (v, seed) not in owner] for v in present}
     notes: list[str] = []
     if variants is None:
-        common = [v for v in results[0]["results"] if all(v in r["results"] for r in results)]
-        notes = list(dict.fromkeys(f"variant {v} is not in every file: left out" for r in results
-                                   for v in r["results"] if v not in common))
+        common = [v for v in present if not lacking[v]]
+        notes = [f"variant {v} has no value for seed(s) {lacking[v]}: left out" for v in present if lacking[v]]
     else:
-        missing = {v: [n for r, n in zip(results, names) if v not in r["results"]] for v in variants}
-        missing = {v: files for v, files in missing.items() if files}
+        missing = {v: lacking.get(v, seeds) for v in variants}
+        missing = {v: absent for v, absent in missing.items() if absent}
         if missing:
-            raise ValueError("variants missing from a file: " + "; ".join(
-                f"{v} (not in {', '.join(files)})" for v, files in missing.items()))
+            raise ValueError("variants missing from the files: " + "; ".join(
+                f"{v} (no seed(s) {absent})" for v, absent in missing.items()))
         common = list(variants)
     rows: dict[str, dict[str, list[float]]] = {}
     recipes: dict[str, object] = {}
     for variant in common:
-        recipe = {json.dumps(r["settings"]["variants"].get(variant)) for r in results}
+        holders = [r for r in results if variant in r["results"]]
+        recipe = {json.dumps(r["settings"]["variants"].get(variant)) for r in holders}
         if len(recipe) > 1:
             raise ValueError(f"variant {variant} was pretrained from different recipes in these files: "
                              f"{sorted(recipe)}")
-        recipes[variant] = results[0]["settings"]["variants"].get(variant)
-        metrics = [m for m in results[0]["results"][variant] if all(m in r["results"][variant] for r in results)]
-        dropped = {m for r in results for m in r["results"][variant]} - set(metrics)
+        recipes[variant] = holders[0]["settings"]["variants"].get(variant)
+        metrics = [m for m in holders[0]["results"][variant] if all(m in r["results"][variant] for r in holders)]
+        dropped = {m for r in holders for m in r["results"][variant]} - set(metrics)
         if dropped:
             notes.append(f"{variant}: {sorted(dropped)} not in every file: left out")
-        rows[variant] = {m: [x for r in results for x in r["results"][variant][m]] for m in metrics}
+        by_seed = {seed: {m: r["results"][variant][m][i] for m in metrics}
+                   for r in holders for i, seed in enumerate(r["settings"]["seeds"])}
+        rows[variant] = {m: [by_seed[seed][m] for seed in seeds] for m in metrics}
     cpu = {r["machine"].get("cpu_model", "unknown") for r in results}
     if len(cpu) > 1:
         notes.append(f"warning: these files come from different CPU models ({', '.join(sorted(cpu))}); a pretrained "

@@ -63,6 +63,24 @@ def test_merge_refuses_other_settings_and_repeated_seeds() -> None:
         quality_merge.merge_results([_result([0], [9.0], [9.4]), recipe], ["a.json", "b.json"])
 
 
+def test_one_seed_may_come_from_two_files_with_other_variants() -> None:
+    pretrained = _result([0, 1], [9.0, 9.2], [9.4, 9.3])
+    del pretrained["results"]["vicreg"]  # seeds 0-1 of VICRegL alone; VICReg's seed 1 and 0 come later, in that order
+    later = _result([1, 0], [9.1, 8.9], [0.0, 0.0])
+    del later["results"]["vicregl_a0.75"]
+    merged, notes = quality_merge.merge_results([pretrained, later], ["a.json", "b.json"])
+    assert notes == [] and merged["settings"]["seeds"] == [0, 1]
+    assert merged["results"]["vicreg"]["knn_last"] == [8.9, 9.1]  # aligned by seed, not by file order
+    assert merged["results"]["vicregl_a0.75"]["knn_last"] == [9.4, 9.3]
+    paired = quality_merge.paired_differences(merged["results"], "vicreg")
+    assert paired["vicregl_a0.75"]["knn_last"]["diffs"] == pytest.approx([0.5, 0.2])
+    third = _result([2], [9.5], [9.9])
+    del third["results"]["vicregl_a0.75"]
+    merged, notes = quality_merge.merge_results([pretrained, later, third], ["a.json", "b.json", "c.json"])
+    assert list(merged["results"]) == ["vicreg"] and merged["results"]["vicreg"]["knn_last"] == [8.9, 9.1, 9.5]
+    assert notes == ["variant vicregl_a0.75 has no value for seed(s) [2]: left out"]
+
+
 def test_match_settings_matter_only_when_both_files_have_the_column() -> None:
     with_match = _result([0], [9.0], [9.4])
     with_match["results"]["vicreg"]["match"] = [40.0]
@@ -91,10 +109,10 @@ def test_merge_leaves_out_what_one_file_lacks_and_warns_on_cpu_models() -> None:
     merged, notes = quality_merge.merge_results([_result([0], [9.0], [9.4]), second], ["a.json", "b.json"])
     assert list(merged["results"]) == ["vicreg"]
     assert list(merged["results"]["vicreg"]) == ["knn_last", "pretrain_s"]
-    assert any("vicregl_a0.75 is not in every file" in n for n in notes)
+    assert any("vicregl_a0.75 has no value for seed(s) [3]" in n for n in notes)
     assert any("['linear_last'] not in every file" in n for n in notes)
     assert any("different CPU models (AMD, Intel)" in n for n in notes)
-    with pytest.raises(ValueError, match=r"vicregl_a0.75 \(not in b.json\)"):
+    with pytest.raises(ValueError, match=r"vicregl_a0.75 \(no seed\(s\) \[3\]\)"):
         quality_merge.merge_results([_result([0], [9.0], [9.4]), second], ["a.json", "b.json"],
                                     variants=["vicreg", "vicregl_a0.75"])
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densessl.backbones import DenseBackbone, encode_views
+from densessl.backbones import DenseBackbone, DenseFeatures, encode_views
 from densessl.data.collate import Views, collate_views
 from densessl.data.device_augment import DeviceAugment, augment_seed
 from densessl.data.pretrain_data import ImageFolder, PretrainDataset, ResumableSampler, SyntheticImages
@@ -137,19 +137,26 @@ class Pretrainer(nn.Module):
                 target.append(patches(resize_to_grid(block, tuple(maps.shape[-2:]))))
         return gram_loss(torch.cat(student), torch.cat(target), cfg.normalization, cfg.remove_negative)
 
-    def forward(self, views: Views) -> dict[str, Tensor]:
+    def encode(self, views: Views) -> tuple[list[DenseFeatures], list[DenseFeatures] | None]:
+        """The student's features of its ``student_views`` and (``None`` without a teacher) the EMA teacher's of its
+        ``teacher_views`` under ``no_grad``, each forward split into the objective's ``bn_groups`` BatchNorm chunks
+        (the teacher's over a fresh random permutation of the batch)."""
         groups = getattr(self.objective, "bn_groups", 1)
         features = encode_views(self.backbone, views, self.channels_last,
                                 getattr(self.objective, "student_views", None), bn_groups=groups)
-        teacher_features = None
-        if self.teacher_backbone is not None:
-            shuffle = None
-            if groups > 1:  # shuffle-BN: the teacher's chunks hold other images than the student's
-                shuffle = torch.randperm(views.batch_size, device=views.view(0).device)
-            with torch.no_grad():
-                teacher_features = encode_views(self.teacher_backbone, views, self.channels_last,
-                                                getattr(self.objective, "teacher_views", None), bn_groups=groups,
-                                                permutation=shuffle)
+        if self.teacher_backbone is None:
+            return features, None
+        shuffle = None
+        if groups > 1:  # shuffle-BN: the teacher's chunks hold other images than the student's
+            shuffle = torch.randperm(views.batch_size, device=views.view(0).device)
+        with torch.no_grad():
+            teacher_features = encode_views(self.teacher_backbone, views, self.channels_last,
+                                            getattr(self.objective, "teacher_views", None), bn_groups=groups,
+                                            permutation=shuffle)
+        return features, teacher_features
+
+    def forward(self, views: Views) -> dict[str, Tensor]:
+        features, teacher_features = self.encode(views)
         out = self.objective(features, views, teacher_features)
         if self.gram_active:
             term = self._gram_term(features, views)
