@@ -54,7 +54,7 @@ def test_merge_refuses_other_settings_and_repeated_seeds() -> None:
     other["settings"]["epochs"] = 24
     with pytest.raises(ValueError, match="b.json and a.json differ in 'epochs'"):
         quality_merge.merge_results([_result([0], [9.0], [9.4]), other], ["a.json", "b.json"])
-    with pytest.raises(ValueError, match=r"seed\(s\) \[0\] of b.json"):
+    with pytest.raises(ValueError, match=r"seed\(s\) \[0\] of b.json are already in a.json"):
         quality_merge.merge_results([_result([0, 1], [9.0, 9.1], [9.4, 9.5]), _result([0], [9.0], [9.4])],
                                     ["a.json", "b.json"])
     recipe = _result([3], [9.9], [10.0])
