@@ -116,7 +116,7 @@ class Stepper:
         self.backbone = DenseBackbone(arch)
         self.objective = None
         self.pretrainer: Pretrainer | None = None
-        self.teacher = None
+        teacher: list[torch.nn.Module] = []  # the EMA teacher backbone (DenseCL, PixPro)
         modules: list[torch.nn.Module] = [self.backbone]
         if method is not None:
             cls, config_cls = OBJECTIVES[method]
@@ -128,12 +128,12 @@ class Stepper:
             modules.append(self.objective)
             # The training loop's module: its encode() (views, teacher, bn_groups) and update_teacher().
             self.pretrainer = Pretrainer(self.backbone, self.objective, self.options.channels_last)
-            self.teacher = self.pretrainer.teacher_backbone
+            if self.pretrainer.teacher_backbone is not None:
+                teacher = [self.pretrainer.teacher_backbone]
         for module in modules:
             module.to(device).train()
-        if self.teacher is not None:
-            self.teacher.to(device)
-        teacher = [self.teacher] if self.teacher is not None else []
+        for module in teacher:
+            module.to(device)
         if self.options.channels_last:  # as pretraining: every module, and NHWC images in encode_views
             for module in [*modules, *teacher]:
                 module.to(memory_format=torch.channels_last)

@@ -138,13 +138,13 @@ def merge_results(results: list[dict], names: list[str], variants: list[str] | N
     owner: dict[tuple[str, int], str] = {}  # (variant, seed) -> the file holding it
     for result, name in zip(results, names):
         seeds += [seed for seed in result["settings"]["seeds"] if seed not in seeds]
-        repeated = {(variant, seed): owner[variant, seed] for variant in result["results"]
-                    for seed in result["settings"]["seeds"] if (variant, seed) in owner}
+        pairs = [(variant, seed) for variant in result["results"] for seed in result["settings"]["seeds"]]
+        repeated = {pair: owner[pair] for pair in pairs if pair in owner}
         if repeated:
             raise ValueError(f"seed(s) {sorted({seed for _, seed in repeated})} of {name} are already in "
                              f"{', '.join(sorted(set(repeated.values())))} for the same variant: merge files of "
                              f"disjoint seeds, or of one seed with other variants")
-        owner.update({(variant, seed): name for variant in result["results"] for seed in result["settings"]["seeds"]})
+        owner.update(dict.fromkeys(pairs, name))
     present = list(dict.fromkeys(v for r in results for v in r["results"]))
     lacking = {v: [seed for seed in seeds if (v, seed) not in owner] for v in present}
     notes: list[str] = []

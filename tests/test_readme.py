@@ -36,9 +36,13 @@ TABLE_VARIANTS = {"random init": "random", "VICReg (α = 1)": "vicreg", "VICRegL
 TABLE_METRICS = ["linear_last", "knn_last", "linear_l34", "knn_l34"]
 
 
+def _scene_section() -> str:
+    """The README's real-scene section: its table and reading."""
+    return README.read_text().split("## What the local criterion buys, on real scenes", 1)[1].split("\n## ", 1)[0]
+
+
 def _main_table() -> list[list[str]]:
-    section = README.read_text().split("## What the local criterion buys, on real scenes", 1)[1].split("\n## ", 1)[0]
-    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    rows = [line for line in _scene_section().splitlines() if line.startswith("| ")]
     return [[cell.strip().strip("*") for cell in row.strip("|").split("|")] for row in rows[1:]]
 
 
@@ -66,8 +70,8 @@ def test_main_table_is_the_result_files() -> None:
             assert cell == expected, (current, cells[1], metric)
             checked += 1
     assert checked == 32
-    reading = README.read_text().split("## What the local criterion buys, on real scenes", 1)[1].split("\n## ", 1)[0]
-    quoted = re.search(r"J&F: random init ([\d.]+), VICReg ([\d.]+), VICRegL ([\d.]+)", " ".join(reading.split()))
+    quoted = re.search(r"J&F: random init ([\d.]+), VICReg ([\d.]+), VICRegL ([\d.]+)",
+                       " ".join(_scene_section().split()))
     assert quoted, "the reading quotes the DAVIS J&F of the three backbones"
     for variant, cell in zip(["random", "vicreg", "vicregl_a0.75"], quoted.groups()):
         assert cell == f"{davis[variant]['davis_JF_last'][0]:.1f}", variant
