@@ -48,12 +48,12 @@ def _main_table() -> list[list[str]]:
 
 def test_main_table_is_the_result_files() -> None:
     """Every number of the README's real-scene table is the mean ± std (or same-seed difference) of the result
-    file it cites, and the DAVIS J&F of its reading the seed-0 204-step file's."""
+    file it cites, and the DAVIS J&F of its reading the seed-1 408-step file's."""
     import json
     from statistics import mean, stdev
 
     current = None
-    davis = json.loads((RESULTS / "quality_stanford_background_s0.json").read_text())["results"]
+    davis = json.loads((RESULTS / "sb_408_davis_s1.json").read_text())["results"]
     checked = 0
     for cells in _main_table():
         if cells[0]:
